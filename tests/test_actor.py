@@ -1,0 +1,171 @@
+"""DiffusionActor: a TorchRL TensorDictModule sampling a clipped DDPM chain inside the action spec."""
+import copy
+import pickle
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictSequential
+from torchrl.data import Bounded, Composite, Unbounded
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import AdditiveGaussianModule
+
+from conftest import ACTION_DIM, box, make_actor, OBS_DIM
+from torchrl_qsm import DiffusionActor, DiffusionPolicy, NoiseSchedule
+
+
+def observations(batch):
+    return TensorDict(observation=torch.randn(*batch, OBS_DIM), batch_size=batch)
+
+
+@pytest.mark.parametrize("batch", [(), (7,), (2, 3)])
+def test_any_leading_batch_shape(batch):
+    actor = make_actor()
+    assert actor(observations(batch))["action"].shape == (*batch, ACTION_DIM)
+
+
+@pytest.mark.parametrize("bound", [1.0, 2.0])
+def test_actions_fill_the_spec_box_and_stay_inside(bound):
+    actor = make_actor(bound=bound)
+    action = actor(observations((4096,)))["action"]
+    assert action.abs().max() <= bound
+    # an untrained chain spreads over the whole box, edges included: the mapping reaches the bounds
+    assert action.abs().max().item() == pytest.approx(bound)
+
+
+def test_asymmetric_bounds_map_the_chain_box_affinely():
+    spec = Bounded(torch.tensor([0.0, -3.0]), torch.tensor([1.0, 5.0]), (2,))
+    actor = DiffusionActor(2, OBS_DIM, spec=spec, hidden_sizes=(16,))
+    policy = actor.module
+    corners = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]])
+    torch.testing.assert_close(policy.denormalize(corners), torch.tensor([[0.0, -3.0], [1.0, 5.0], [0.5, 1.0]]))
+    torch.testing.assert_close(policy.normalize(policy.denormalize(corners)), corners)
+    action = actor(observations((2048,)))["action"]
+    assert spec.is_in(action)
+
+
+def test_random_exploration_samples_differ():
+    actor = make_actor()
+    td = observations((16,))
+    with set_exploration_type(ExplorationType.RANDOM):
+        a, b = actor(td.clone())["action"], actor(td.clone())["action"]
+    assert not torch.allclose(a, b)
+
+
+def test_deterministic_exploration_is_the_noise_free_chain_from_a_zero_latent():
+    actor = make_actor()
+    td = observations((16,))
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        a, b = actor(td.clone())["action"], actor(td.clone())["action"]
+    torch.testing.assert_close(a, b)
+    policy: DiffusionPolicy = actor.module
+    x = torch.zeros(16, ACTION_DIM)
+    denoise = policy.denoiser(td["observation"])
+    for t in reversed(range(policy.num_steps)):
+        x = policy.schedule.step_scale[t] * (x - policy.schedule.eps_scale[t] * denoise(x, t))
+        x = x.clamp(-1, 1)
+    torch.testing.assert_close(a, policy.denormalize(x))
+
+
+def test_temperature_zero_removes_step_noise_but_keeps_the_random_latent():
+    actor = make_actor(temperature=0.0)
+    td = observations((16,))
+    torch.manual_seed(3)
+    a = actor(td.clone())["action"]
+    torch.manual_seed(3)
+    b = actor(td.clone())["action"]
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, actor(td.clone())["action"])
+
+
+def test_module_offers_the_torchrl_diffusion_actor_contract():
+    actor = make_actor(num_steps=7, bound=2.0)
+    module = actor.module
+    assert module.num_steps == 7
+    assert module.alphas_cumprod.shape == (7,)
+    action = box(bound=2.0).rand((10,))
+    t = torch.randint(0, 7, (10,))
+    noised, eps = module.add_noise(action, t)
+    assert noised.shape == eps.shape == action.shape
+    ab = module.alphas_cumprod[t].unsqueeze(-1)
+    torch.testing.assert_close(noised, ab.sqrt() * action / 2 + (1 - ab).sqrt() * eps)  # in the [-1, 1] box
+    x = torch.cat([noised, torch.randn(10, OBS_DIM), t.float().unsqueeze(-1)], -1)
+    assert module.score_network(x).shape == (10, ACTION_DIM)
+
+
+def test_a_custom_score_network_takes_the_concatenated_layout():
+    net = torch.nn.Linear(ACTION_DIM + OBS_DIM + 1, ACTION_DIM)
+    actor = DiffusionActor(ACTION_DIM, score_network=net, spec=box())
+    assert actor(observations((4,)))["action"].shape == (4, ACTION_DIM)
+
+
+def test_custom_keys():
+    actor = DiffusionActor(ACTION_DIM, OBS_DIM, in_keys=[("agent", "obs")], out_keys=[("agent", "act")], spec=box())
+    td = TensorDict({("agent", "obs"): torch.randn(4, OBS_DIM)}, [4])
+    assert actor(td)["agent", "act"].shape == (4, ACTION_DIM)
+    assert isinstance(actor.spec, Composite) and ("agent", "act") in actor.spec.keys(True)
+
+
+def test_paper_exploration_composes_with_additive_gaussian_and_is_off_in_evaluation():
+    actor = make_actor(bound=1.0)
+    policy = TensorDictSequential(actor, AdditiveGaussianModule(box(), sigma_init=0.1, sigma_end=0.1))
+    td = observations((4096,))
+    with set_exploration_type(ExplorationType.RANDOM):
+        torch.manual_seed(5)
+        bare = actor(td.clone())["action"]
+        torch.manual_seed(5)
+        explored = policy(td.clone())["action"]
+    assert box().is_in(explored)
+    inside = bare.abs() < 0.5  # away from the edges, the noise is not clipped
+    assert (explored - bare)[inside].std().item() == pytest.approx(0.1, rel=0.1)
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        torch.testing.assert_close(policy(td.clone())["action"], actor(td.clone())["action"])
+
+
+def test_actor_pickles_and_deep_copies():
+    actor = make_actor()
+    for clone in (pickle.loads(pickle.dumps(actor)), copy.deepcopy(actor)):
+        with set_exploration_type(ExplorationType.DETERMINISTIC):
+            td = observations((3,))
+            torch.testing.assert_close(clone(td.clone())["action"], actor(td.clone())["action"])
+
+
+def test_schedule_and_bounds_are_buffers_that_travel_with_the_weights():
+    actor = make_actor(bound=2.0)
+    names = dict(actor.named_buffers())
+    assert {"module.action_loc", "module.action_scale", "module.schedule.alphas_cumprod"} <= set(names)
+
+
+def test_bad_specs_and_sizes_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="must be Bounded, got Unbounded"):
+        DiffusionActor(ACTION_DIM, OBS_DIM, spec=Unbounded(ACTION_DIM))
+    with pytest.raises(ValueError, match="action_dim=4 disagrees with the action spec"):
+        DiffusionActor(4, OBS_DIM, spec=box())
+    inf = Bounded(-torch.ones(ACTION_DIM), torch.full((ACTION_DIM,), float("inf")), (ACTION_DIM,))
+    with pytest.raises(ValueError, match="finite"):
+        DiffusionActor(ACTION_DIM, OBS_DIM, spec=inf)
+    with pytest.raises(ValueError, match="needs obs_dim"):
+        DiffusionActor(ACTION_DIM)
+    with pytest.raises(ValueError, match="num_steps"):
+        DiffusionActor(ACTION_DIM, OBS_DIM, num_steps=0)
+    with pytest.raises(ValueError, match="one observation"):
+        DiffusionActor(ACTION_DIM, OBS_DIM, in_keys=["a", "b"])
+
+
+def test_no_spec_means_the_unit_box():
+    actor = DiffusionActor(ACTION_DIM, OBS_DIM)
+    torch.testing.assert_close(actor.spec["action"].space.high, torch.ones(ACTION_DIM))
+
+
+@pytest.mark.parametrize("mode", [ExplorationType.DETERMINISTIC, ExplorationType.RANDOM])
+def test_sampler_traces_as_one_graph(mode):
+    # fullgraph=True fails on any graph break (data-dependent branch, .item(), ...); the eager
+    # backend checks the trace without paying for code generation.
+    policy = make_actor().module
+    obs = torch.randn(8, OBS_DIM)
+    compiled = torch.compile(policy, fullgraph=True, backend="eager")
+    with set_exploration_type(mode):
+        torch.manual_seed(0)
+        expected = policy(obs)
+        torch.manual_seed(0)
+        torch.testing.assert_close(compiled(obs), expected, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,59 @@
+"""Time features and the eps-network: shapes, options, and one set of weights for both call paths."""
+import pytest
+import torch
+from torch import nn
+
+from torchrl_qsm import EpsilonNetwork, FourierFeatures, SinusoidalFeatures
+
+A, O = 3, 5
+
+
+@pytest.mark.parametrize("features", [FourierFeatures(16), SinusoidalFeatures(16)])
+def test_time_features_shape_and_distinct_steps(features):
+    f = features(torch.arange(5.0))
+    assert f.shape == (5, 16)
+    assert torch.cdist(f, f).add(torch.eye(5)).min() > 1e-3  # every step has its own features
+
+
+def test_fourier_features_are_learnable_and_sinusoidal_are_fixed():
+    assert [p.shape for p in FourierFeatures(16).parameters()] == [(8,)]
+    assert list(SinusoidalFeatures(16).parameters()) == []
+
+
+@pytest.mark.parametrize("batch", [(), (7,), (2, 3)])
+def test_eps_network_maps_the_torchrl_layout_to_an_action(batch):
+    net = EpsilonNetwork(A, O, hidden_sizes=(16, 16))
+    x = torch.cat([torch.randn(*batch, A), torch.randn(*batch, O), torch.randint(0, 5, (*batch, 1)).float()], -1)
+    assert net(x).shape == (*batch, A)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"layer_norm": True},
+        {"activation": nn.ReLU, "time_embedding": "sinusoidal"},
+        {"hidden_sizes": (8,), "cond_sizes": (4,)},
+        {"hidden_sizes": (8, 8, 8), "time_dim": 6},
+    ],
+)
+def test_chain_path_equals_the_contract_path(options):
+    # conditioned_on(s, T)(x, t) must be eps_theta(cat([x, s, t])): same weights, same numbers.
+    net = EpsilonNetwork(A, O, **options)
+    obs, x = torch.randn(4, O), torch.randn(4, A)
+    denoise = net.conditioned_on(obs, num_steps=5)
+    for t in range(5):
+        full = net(torch.cat([x, obs, torch.full((4, 1), float(t))], -1))
+        torch.testing.assert_close(denoise(x, t), full, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_norm_and_depth_options_shape_the_network():
+    net = EpsilonNetwork(A, O, hidden_sizes=(8, 8, 8), layer_norm=True)
+    assert sum(isinstance(m, nn.LayerNorm) for m in net.modules()) == 3
+    assert sum(isinstance(m, nn.Linear) for m in net.body.modules()) == 3
+
+
+def test_wrong_input_size_names_the_layout():
+    net = EpsilonNetwork(A, O)
+    with pytest.raises(ValueError, match=r"cat\(\[noisy_action \(3\), observation \(5\), t \(1\)\]\)"):
+        net(torch.randn(2, A + O))

@@ -1,0 +1,117 @@
+"""Discrete DDPM noise schedules.
+
+A schedule with ``T`` denoising steps is a sequence of variances ``beta_t``, ``t = 0..T-1``
+(index 0 is the cleanest step). Everything else follows from it:
+
+- ``alpha_t = 1 - beta_t``
+- ``alpha_bar_t = prod_{s <= t} alpha_s`` (``alphas_cumprod``): the forward process gives
+  ``a_t = sqrt(alpha_bar_t) a_0 + sqrt(1 - alpha_bar_t) eps`` with ``eps ~ N(0, I)``;
+- ``sigma_t = sqrt(1 - alpha_bar_t)``: the standard deviation of the noise in ``a_t``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+ScheduleName = Literal["vp", "cosine", "linear"]
+SCHEDULES: tuple[str, ...] = ("vp", "cosine", "linear")
+
+
+def vp_betas(num_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> torch.Tensor:
+    """The variance-preserving schedule of the QSM authors' code (the default).
+
+    With ``T = num_steps`` and ``t = 1..T``::
+
+        beta_t = 1 - exp(-beta_min / T - 0.5 * (beta_max - beta_min) * (2 t - 1) / T^2)
+
+    i.e. the discretisation of the VP-SDE ``beta(s) = beta_min + s (beta_max - beta_min)``
+    integrated over ``s in [(t - 1) / T, t / T]``.
+    """
+    t = torch.arange(1, num_steps + 1, dtype=torch.float64)
+    log_alpha = -beta_min / num_steps - 0.5 * (beta_max - beta_min) * (2 * t - 1) / num_steps**2
+    return -torch.expm1(log_alpha)
+
+
+def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """The cosine schedule of Nichol & Dhariwal (2021).
+
+    ``alpha_bar(u) = cos^2((u + s) / (1 + s) * pi / 2) / cos^2(s / (1 + s) * pi / 2)`` on
+    ``u = t / T``, and ``beta_t = 1 - alpha_bar(t / T) / alpha_bar((t - 1) / T)``, clipped to
+    ``max_beta``.
+    """
+    u = torch.linspace(0, 1, num_steps + 1, dtype=torch.float64)
+    alpha_bar = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+
+
+def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
+    """Linearly spaced ``beta_t`` from ``beta_start`` to ``beta_end`` (Ho et al., 2020).
+
+    These are the authors' values; note that for a few steps they add little noise
+    (``alpha_bar`` stays near 1), so the chain then starts far from its prior ``N(0, I)``.
+    """
+    return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+
+
+_BETAS = {"vp": vp_betas, "cosine": cosine_betas, "linear": linear_betas}
+
+
+class NoiseSchedule(nn.Module):
+    """The per-step coefficients of a ``T``-step DDPM, held as float32 buffers.
+
+    Args:
+        num_steps: ``T``, the number of denoising steps (``T >= 1``).
+        kind: ``"vp"`` (default, the QSM authors' schedule), ``"cosine"`` or ``"linear"``.
+
+    Buffers (each of shape ``[T]``): ``betas``, ``alphas``, ``alphas_cumprod`` (alpha_bar),
+    ``sigmas`` (``sqrt(1 - alpha_bar)``), and the three coefficients of the ancestral DDPM step
+    used by :func:`~torchrl_qsm.diffusion.sampler.ddpm_sample`::
+
+        x_{t-1} = step_scale_t * (x_t - eps_scale_t * eps_hat) + noise_scale_t * z
+
+    with ``step_scale_t = 1 / sqrt(alpha_t)``, ``eps_scale_t = beta_t / sqrt(1 - alpha_bar_t)``
+    and ``noise_scale_t = sqrt(beta_t)`` for ``t > 0``, ``0`` at ``t = 0`` (the authors' variance
+    ``beta_t``, not the posterior variance).
+
+    The buffers stay float32 when the module is cast to a half precision dtype: the products of
+    ``T`` factors lose their meaning in bf16.
+    """
+
+    def __init__(self, num_steps: int, kind: ScheduleName = "vp") -> None:
+        super().__init__()
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps (T) must be an integer >= 1, got {num_steps!r}.")
+        if kind not in _BETAS:
+            raise ValueError(f"Unknown noise schedule {kind!r}; expected one of {SCHEDULES}.")
+        self.num_steps = num_steps
+        self.kind = kind
+        betas = _BETAS[kind](num_steps)
+        alphas = 1 - betas
+        alphas_cumprod = torch.cumprod(alphas, 0)
+        sigmas = (1 - alphas_cumprod).sqrt()
+        noise_scale = betas.sqrt()
+        noise_scale[0] = 0.0
+        for name, value in {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": alphas_cumprod,
+            "sigmas": sigmas,
+            "step_scale": alphas.rsqrt(),
+            "eps_scale": betas / sigmas,
+            "noise_scale": noise_scale,
+        }.items():
+            self.register_buffer(name, value.to(torch.float32))
+
+    def _apply(self, fn, recurse=True):
+        # Keep the schedule in float32 whatever dtype the module is cast to; devices still move.
+        float32 = dict(self._buffers)
+        super()._apply(fn, recurse=recurse)
+        for name, buffer in float32.items():
+            self._buffers[name] = buffer.to(self._buffers[name].device)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"num_steps={self.num_steps}, kind={self.kind!r}"

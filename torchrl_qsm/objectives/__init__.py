@@ -1,0 +1,3 @@
+from torchrl_qsm.objectives.qsm import QSMLoss
+
+__all__ = ["QSMLoss"]

@@ -1,0 +1,449 @@
+"""``QSMLoss``: Q-score matching (Psenka et al., ICML 2024) as a TorchRL ``LossModule``."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from tensordict.nn import dispatch, TensorDictModule
+from tensordict.utils import NestedKey
+from torchrl.data import TensorSpec
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.objectives.common import LossModule
+from torchrl.objectives.utils import (
+    _cache_values,
+    _vmap_func,
+    dispatch_value_estimator,
+    distance_loss,
+    ValueEstimators,
+)
+
+from torchrl_qsm.diagnostics import edge_fraction
+from torchrl_qsm.modules.actor import bounded_action_spec
+
+GRAD_AT = ("noised", "clean")
+CRITIC_REDUCTIONS = ("mean", "min")
+LOSS_FUNCTIONS = ("l2", "l1", "smooth_l1")
+
+
+class QSMLoss(LossModule):
+    r"""Q-score matching: a diffusion policy trained off-policy by matching its score to ``grad_a Q``.
+
+    Critic (``qvalue_loss``), as in the paper's Algorithm 1 and the authors' code::
+
+        a'  = clip(chain sample of the *current* actor at s' + N(0, policy_noise^2), low, high)
+        y   = r + gamma (1 - terminated) min_i Q'_i(s', a')         (target critics Q'_i)
+        L_Q = sum_i (Q_i(s, a) - y)^2
+
+    Actor (``actor_loss``): with ``t ~ U{0..T-1}`` and ``eps ~ N(0, I)``, the replay action is noised,
+    ``a_t = sqrt(alpha_bar_t) a + sqrt(1 - alpha_bar_t) eps``, and the eps-network regresses::
+
+        g   = mean_i grad_a Q_i(s, a_t)        (critic parameters detached)
+        L_pi = mean_dims (eps_theta(a_t, s, t) - (-alpha g))^2
+
+    ``eps_theta`` predicts the noise, which points away from the data, so its target is *minus*
+    ``alpha`` times the score target ``grad_a Q``. ``alpha`` is the paper's scale of ``grad_a Q``
+    (the authors' ``M_q``): at the fixed point ``pi(a|s) ~ exp(alpha Q(s, a))`` (paper eq. 20), so
+    it acts as an inverse temperature. Only one eps-network evaluation per sample is
+    differentiated, never the ``T``-step chain. Actions live in the chain's normalised ``[-1, 1]``
+    box when the actor offers ``normalize``/``denormalize`` (:class:`~torchrl_qsm.DiffusionActor`
+    does), and ``g`` is taken with respect to those coordinates.
+
+    Args:
+        actor_network: the diffusion actor, offering the contract of TorchRL's ``DiffusionActor``
+            through its ``.module``: ``num_steps``, ``add_noise(action, t)`` and
+            ``score_network(cat([a_t, obs, t]))``. :class:`~torchrl_qsm.DiffusionActor` and
+            ``torchrl.modules.DiffusionActor`` both qualify. Pass the bare actor, not an
+            exploration wrapper.
+        qvalue_network: ``Q(s, a)``, a ``TensorDictModule`` reading the action and the observation
+            and writing ``state_action_value``; copied ``num_qvalue_nets`` times and run through
+            ``vmap``.
+
+    Keyword Args:
+        action_spec: the bounded action spec (exclusive with ``bounds``); default: the actor's spec.
+        bounds: ``(low, high)`` action bounds (exclusive with ``action_spec``).
+        num_qvalue_nets: number of critics (2, as in the paper).
+        alpha: the scale of ``grad_a Q`` in the eps target (default 50, the authors' ``M_q``;
+            120 for quadruped_walk and humanoid_walk). With ``normalize_grad`` it is the mean
+            magnitude of the eps target instead (try 1).
+        grad_at: ``"noised"`` (default, the authors' code: ``grad_a Q`` at ``a_t``) or ``"clean"``
+            (at the replay action, as Algorithm 1 is written).
+        critic_reduction: ``"mean"`` (default, the authors') or ``"min"`` over critics for ``g``.
+        normalize_grad: divide ``g`` by its batch mean magnitude ``mean |g|`` (default ``False``):
+            the target then no longer depends on the critic's scale, which keeps the chain stable
+            (see the README's notes on the sampler).
+        policy_noise: std of the smoothing noise on next actions, in action units (default 0.1).
+        noise_clip: clip of that noise (default ``None``: not clipped, as the authors').
+        loss_function: critic regression, ``"l2"`` (default), ``"l1"`` or ``"smooth_l1"``.
+        delay_qvalue: keep target critics (default ``True``); update them with ``SoftUpdate``.
+        priority_key: where ``forward`` writes the TD error (default ``"td_error"``).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` (per-sample losses).
+        deactivate_vmap: run the critics in a Python loop instead of ``vmap``.
+        use_prioritized_weights: ``"auto"`` (default) weights per-sample losses by
+            ``priority_weight`` when the batch has it.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> from torchrl.modules import MLP, ValueOperator
+        >>> from torchrl_qsm import DiffusionActor, QSMLoss
+        >>> n_obs, n_act, batch = 5, 2, [4]
+        >>> spec = Bounded(-torch.ones(n_act), torch.ones(n_act), (n_act,))
+        >>> actor = DiffusionActor(n_act, n_obs, spec=spec, hidden_sizes=(32, 32))
+        >>> critic = ValueOperator(MLP(n_obs + n_act, 1, num_cells=[32, 32]), in_keys=["observation", "action"])
+        >>> loss = QSMLoss(actor, critic)
+        >>> data = TensorDict({
+        ...     "observation": torch.randn(*batch, n_obs), "action": spec.rand(batch),
+        ...     ("next", "observation"): torch.randn(*batch, n_obs), ("next", "reward"): torch.randn(*batch, 1),
+        ...     ("next", "done"): torch.zeros(*batch, 1, dtype=torch.bool),
+        ...     ("next", "terminated"): torch.zeros(*batch, 1, dtype=torch.bool)}, batch)
+        >>> out = loss(data)
+        >>> (out["loss_actor"] + out["loss_qvalue"]).backward()
+    """
+
+    @dataclass
+    class _AcceptedKeys:
+        """Configurable tensordict keys (``loss.set_keys(name=key)``).
+
+        Attributes:
+            action: the replay action. Defaults to ``"action"``.
+            state_action_value: what the critic writes. Defaults to ``"state_action_value"``.
+            priority: where the TD error is written. Defaults to ``"td_error"``.
+            reward: the reward (under ``"next"``). Defaults to ``"reward"``.
+            done: the done flag (under ``"next"``). Defaults to ``"done"``.
+            terminated: the termination flag (under ``"next"``). Defaults to ``"terminated"``.
+            priority_weight: importance weights of prioritized replay. Defaults to ``"priority_weight"``.
+        """
+
+        action: NestedKey = "action"
+        state_action_value: NestedKey = "state_action_value"
+        priority: NestedKey = "td_error"
+        reward: NestedKey = "reward"
+        done: NestedKey = "done"
+        terminated: NestedKey = "terminated"
+        priority_weight: NestedKey = "priority_weight"
+
+    tensor_keys: _AcceptedKeys
+    default_keys = _AcceptedKeys
+    default_value_estimator = ValueEstimators.TD0
+    SUPPORTED_VALUE_ESTIMATORS = (ValueEstimators.TD0, ValueEstimators.TD1, ValueEstimators.TDLambda)
+    out_keys = [
+        "loss_actor",
+        "loss_qvalue",
+        "grad_q_norm",
+        "eps_pred_mean",
+        "eps_pred_std",
+        "pred_value",
+        "target_value",
+        "next_state_value",
+        "next_action_edge_fraction",
+    ]
+
+    actor_network: TensorDictModule
+    qvalue_network: TensorDictModule
+    actor_network_params: TensorDictParams
+    qvalue_network_params: TensorDictParams
+    target_actor_network_params: TensorDictParams
+    target_qvalue_network_params: TensorDictParams
+
+    def __init__(
+        self,
+        actor_network: TensorDictModule,
+        qvalue_network: TensorDictModule | list[TensorDictModule],
+        *,
+        action_spec: TensorSpec | None = None,
+        bounds: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
+        num_qvalue_nets: int = 2,
+        alpha: float = 50.0,
+        grad_at: Literal["noised", "clean"] = "noised",
+        critic_reduction: Literal["mean", "min"] = "mean",
+        normalize_grad: bool = False,
+        policy_noise: float = 0.1,
+        noise_clip: float | None = None,
+        loss_function: Literal["l2", "l1", "smooth_l1"] = "l2",
+        delay_qvalue: bool = True,
+        priority_key: NestedKey | None = None,
+        reduction: Literal["mean", "sum", "none"] | None = None,
+        deactivate_vmap: bool = False,
+        use_prioritized_weights: str | bool = "auto",
+    ) -> None:
+        self._in_keys = None
+        super().__init__()
+        _check_choice("grad_at", grad_at, GRAD_AT)
+        _check_choice("critic_reduction", critic_reduction, CRITIC_REDUCTIONS)
+        _check_choice("loss_function", loss_function, LOSS_FUNCTIONS)
+        _check_choice("reduction", "mean" if reduction is None else reduction, ("mean", "sum", "none"))
+        if not alpha > 0:
+            raise ValueError(f"alpha (the scale of grad_a Q) must be > 0, got {alpha}.")
+        if policy_noise < 0 or (noise_clip is not None and noise_clip < 0):
+            raise ValueError(f"policy_noise and noise_clip must be >= 0, got {policy_noise} and {noise_clip}.")
+        if num_qvalue_nets < 1:
+            raise ValueError(f"num_qvalue_nets must be >= 1, got {num_qvalue_nets}.")
+        module = _diffusion_module(actor_network)
+        low, high = _action_bounds(actor_network, module, action_spec, bounds)
+
+        self._set_deprecated_ctor_keys(priority=priority_key)
+        self.use_prioritized_weights = use_prioritized_weights
+        self.reduction = "mean" if reduction is None else reduction
+        self.alpha = alpha
+        self.grad_at = grad_at
+        self.critic_reduction = critic_reduction
+        self.normalize_grad = normalize_grad
+        self.policy_noise = policy_noise
+        self.noise_clip = noise_clip
+        self.loss_function = loss_function
+        self.num_qvalue_nets = num_qvalue_nets
+        self.delay_qvalue = delay_qvalue
+        self.deactivate_vmap = deactivate_vmap
+
+        self.convert_to_functional(actor_network, "actor_network")
+        self.convert_to_functional(
+            qvalue_network, "qvalue_network", num_qvalue_nets, create_target_params=delay_qvalue
+        )
+        device = next(self.parameters()).device
+        self.register_buffer("min_action", low.to(device))
+        self.register_buffer("max_action", high.to(device))
+        self._make_vmap()
+
+    def _make_vmap(self) -> None:
+        # Same data, one set of parameters per critic: Q of shape [num_qvalue_nets, *B, 1].
+        self._vmap_qvalue_networkN0 = _vmap_func(
+            self.qvalue_network, (None, 0), randomness=self.vmap_randomness, pseudo_vmap=self.deactivate_vmap
+        )
+
+    # --- keys -------------------------------------------------------------------------------------
+    def _forward_value_estimator_keys(self, **kwargs) -> None:
+        if self._value_estimator is not None:
+            self._value_estimator.set_keys(
+                value=self.tensor_keys.state_action_value,
+                reward=self.tensor_keys.reward,
+                done=self.tensor_keys.done,
+                terminated=self.tensor_keys.terminated,
+            )
+        self._set_in_keys()
+
+    def _set_in_keys(self) -> None:
+        keys = [
+            self.tensor_keys.action,
+            ("next", self.tensor_keys.reward),
+            ("next", self.tensor_keys.done),
+            ("next", self.tensor_keys.terminated),
+            *self.actor_network.in_keys,
+            *[("next", key) for key in self.actor_network.in_keys],
+            *self.qvalue_network.in_keys,
+        ]
+        self._in_keys = list(dict.fromkeys(keys))
+
+    @property
+    def in_keys(self) -> list[NestedKey]:
+        if self._in_keys is None:
+            self._set_in_keys()
+        return self._in_keys
+
+    @in_keys.setter
+    def in_keys(self, values: list[NestedKey]) -> None:
+        self._in_keys = values
+
+    def _check_input(self, tensordict: TensorDictBase, keys: Sequence[NestedKey], role: str) -> None:
+        for key in keys:
+            if tensordict.get(key, None) is None:
+                raise KeyError(
+                    f"QSMLoss.{role} needs the key {key!r} in its input, which has keys "
+                    f"{sorted(map(str, tensordict.keys(True, True)))}. The loss reads {self.in_keys}; "
+                    "use loss.set_keys(...) if your data names them differently."
+                )
+        action = tensordict.get(self.tensor_keys.action)
+        if action.shape[-1] != self.max_action.shape[-1]:
+            raise ValueError(
+                f"The action {self.tensor_keys.action!r} has {action.shape[-1]} dims but the action "
+                f"bounds have {self.max_action.shape[-1]}."
+            )
+
+    # --- critics ----------------------------------------------------------------------------------
+    @property
+    @_cache_values
+    def _cached_detach_qvalue_network_params(self) -> TensorDictBase:
+        return self.qvalue_network_params.detach()
+
+    def _critics(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
+        """``Q_i(s, a)`` of every critic, ``[num_qvalue_nets, *B, 1]``."""
+        critic_input = tensordict.select(*self.qvalue_network.in_keys, strict=False)
+        try:
+            out = self._vmap_qvalue_networkN0(critic_input, params)
+        except RuntimeError as err:
+            raise ValueError(
+                f"The Q-value network failed on its inputs {self.qvalue_network.in_keys} with an action of "
+                f"{self.max_action.shape[-1]} dims: {err}. Check that the critic, the actor and the action "
+                "spec agree on the action size."
+            ) from err
+        return out.get(self.tensor_keys.state_action_value)
+
+    def _action_gradient(
+        self, tensordict: TensorDictBase, x: torch.Tensor, to_action: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """``g = grad_x R_i Q_i(s, to_action(x))`` with ``R`` the mean (or min) over critics.
+
+        One ``torch.func.grad`` through the vmapped critics (no graph break under ``torch.compile``);
+        the critics' parameters are detached, so no gradient reaches them.
+        """
+        params = self._cached_detach_qvalue_network_params
+        action_key = self.tensor_keys.action
+
+        def total_q(x: torch.Tensor) -> torch.Tensor:
+            q = self._critics(tensordict.clone(False).set(action_key, to_action(x)), params)
+            q = q.mean(0) if self.critic_reduction == "mean" else q.min(0).values
+            return q.sum()
+
+        return torch.func.grad(total_q)(x.detach())
+
+    # --- losses -----------------------------------------------------------------------------------
+    def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Regresses ``eps_theta(a_t, s, t)`` on ``-alpha * g``; returns ``(loss, metrics)``."""
+        obs_key = self.actor_network.in_keys[0]
+        self._check_input(tensordict, [self.tensor_keys.action, obs_key], "actor_loss")
+        action = tensordict.get(self.tensor_keys.action)
+        observation = tensordict.get(obs_key)
+        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
+            module = self.actor_network.module
+            to_chain = getattr(module, "normalize", _identity)
+            to_action = getattr(module, "denormalize", _identity)
+            t = torch.randint(0, module.num_steps, action.shape[:-1], device=action.device)
+            noised, _ = module.add_noise(action, t)
+            eps_pred = module.score_network(torch.cat([noised, observation, t.to(noised.dtype).unsqueeze(-1)], -1))
+            x = noised if self.grad_at == "noised" else to_chain(action)
+            grad_q = self._action_gradient(tensordict, x, to_action)
+        scale = grad_q.abs().mean().clamp_min(1e-8) if self.normalize_grad else 1.0
+        eps_target = -self.alpha * grad_q / scale
+        loss = (eps_pred - eps_target).pow(2).mean(-1)
+        loss = self._reduce_loss(loss, tensordict=tensordict, weights=self._maybe_get_priority_weight(tensordict))
+        eps_pred = eps_pred.detach()
+        metrics = {
+            "grad_q_norm": grad_q.norm(dim=-1).mean(),
+            "eps_pred_mean": eps_pred.mean(),
+            "eps_pred_std": eps_pred.std(),
+        }
+        self._clear_weakrefs(tensordict, "actor_network_params", "qvalue_network_params", "target_qvalue_network_params")
+        return loss, metrics
+
+    def _next_action(self, next_tensordict: TensorDictBase) -> torch.Tensor:
+        """``a'``: a chain sample of the current actor (RANDOM mode) + clipped smoothing noise."""
+        actor = self.actor_network
+        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM), self.actor_network_params.to_module(
+            actor, preserve_module_state=False
+        ):
+            action = actor(next_tensordict.select(*actor.in_keys)).get(actor.out_keys[0])
+            noise = torch.randn_like(action) * self.policy_noise
+            if self.noise_clip is not None:
+                noise = noise.clamp(-self.noise_clip, self.noise_clip)
+            return torch.clamp(action + noise, self.min_action, self.max_action)
+
+    def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Regresses both critics on the TD target; returns ``(loss, metrics)`` (metrics hold ``td_error``)."""
+        keys = self.tensor_keys
+        self._check_input(
+            tensordict,
+            [keys.action, ("next", keys.reward), ("next", keys.done), ("next", keys.terminated)]
+            + [("next", key) for key in self.actor_network.in_keys],
+            "qvalue_loss",
+        )
+        weights = self._maybe_get_priority_weight(tensordict)
+        tensordict = tensordict.clone(False)
+        next_tensordict = tensordict.get("next")
+        next_action = self._next_action(next_tensordict)
+        with torch.no_grad():
+            next_q = self._critics(
+                next_tensordict.clone(False).set(keys.action, next_action), self.target_qvalue_network_params
+            ).min(0).values
+            tensordict.set(("next", keys.state_action_value), next_q)
+            target = self.value_estimator.value_estimate(tensordict)
+        q = self._critics(tensordict, self.qvalue_network_params)
+        loss = distance_loss(q, target.expand_as(q), loss_function=self.loss_function).sum(0).squeeze(-1)
+        loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
+        metrics = {
+            "td_error": (q.detach() - target).abs().max(0).values.squeeze(-1),
+            "pred_value": q.detach().mean(),
+            "target_value": target.mean(),
+            "next_state_value": next_q.mean(),
+            "next_action_edge_fraction": edge_fraction(next_action, self.min_action, self.max_action),
+        }
+        self._clear_weakrefs(tensordict, "actor_network_params", "qvalue_network_params", "target_qvalue_network_params")
+        return loss, metrics
+
+    @dispatch
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Both losses and their detached metrics; writes the TD error into ``tensordict``."""
+        loss_qvalue, metrics_qvalue = self.qvalue_loss(tensordict)
+        loss_actor, metrics_actor = self.actor_loss(tensordict)
+        tensordict.set(self.tensor_keys.priority, metrics_qvalue.pop("td_error"))
+        return TensorDict(loss_actor=loss_actor, loss_qvalue=loss_qvalue, **metrics_actor, **metrics_qvalue)
+
+    def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> QSMLoss:
+        """TD0 (default), TD1 or TD(lambda) on ``("next", state_action_value)`` written by ``qvalue_loss``."""
+        value_type, hp = self._prepare_value_estimator_kwargs(value_type, **hyperparams)
+        if value_type is None:
+            return self
+        dispatch_value_estimator(
+            self,
+            value_type,
+            supported=self.SUPPORTED_VALUE_ESTIMATORS,
+            tensor_keys={
+                "value": self.tensor_keys.state_action_value,
+                "reward": self.tensor_keys.reward,
+                "done": self.tensor_keys.done,
+                "terminated": self.tensor_keys.terminated,
+            },
+            value_network=None,
+            **hp,
+        )
+        return self
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {tuple(choices)}.")
+
+
+def _diffusion_module(actor_network: TensorDictModule):
+    """The actor's inner module, checked for TorchRL's DiffusionActor contract."""
+    module = getattr(actor_network, "module", None)
+    missing = [name for name in ("num_steps", "add_noise", "score_network") if not hasattr(module, name)]
+    if missing or len(actor_network.in_keys) != 1 or len(actor_network.out_keys) != 1:
+        raise TypeError(
+            "QSMLoss needs a diffusion actor with one in_key and one out_key whose .module offers num_steps, "
+            f"add_noise and score_network (TorchRL's DiffusionActor contract); {type(actor_network).__name__} "
+            f"lacks {missing or 'a single in_key/out_key'}. Pass the bare actor, not an exploration wrapper."
+        )
+    if not isinstance(module.num_steps, int) or module.num_steps < 1:
+        raise ValueError(f"The actor's number of denoising steps T must be >= 1, got {module.num_steps!r}.")
+    return module
+
+
+def _action_bounds(actor_network, module, action_spec, bounds) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low, high)`` from ``action_spec`` xor ``bounds``, else from the actor's spec."""
+    if action_spec is not None and bounds is not None:
+        raise ValueError("Pass action_spec or bounds to QSMLoss, not both.")
+    action_dim = getattr(module, "action_dim", None)
+    action_key = actor_network.out_keys[0]
+    if bounds is not None:
+        low, high = (torch.as_tensor(b, dtype=torch.float32) for b in bounds)
+        if action_dim is not None:
+            low, high = low.expand(action_dim), high.expand(action_dim)
+        if not (torch.isfinite(low).all() and torch.isfinite(high).all()) or (low >= high).any():
+            raise ValueError(f"The action bounds must be finite with low < high, got [{low}, {high}].")
+        return low.clone(), high.clone()
+    spec = action_spec if action_spec is not None else getattr(actor_network, "spec", None)
+    if spec is None or (hasattr(spec, "is_empty") and spec.is_empty()):
+        raise ValueError(
+            "QSMLoss needs the action bounds: pass action_spec= or bounds=, or give the actor a bounded spec."
+        )
+    if action_dim is None:
+        action_dim = (spec[action_key] if action_key in spec.keys(True) else spec).shape[-1]
+    spec = bounded_action_spec(spec, action_key, action_dim)
+    return spec.space.low.float().clone(), spec.space.high.float().clone()
