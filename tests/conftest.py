@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.data import Bounded
 from torchrl.modules import MLP, ValueOperator
@@ -69,6 +70,13 @@ class DoubleWellCritic(nn.Module):
 
     def forward(self, observation: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return -self.c * (action.pow(2) - self.m**2).pow(2).sum(-1, keepdim=True) + 0 * self.unused
+
+
+def pin_critics(loss, critic: TensorDictModule) -> None:
+    """Make every critic copy of ``loss`` the given critic (``convert_to_functional`` re-draws them)."""
+    params = TensorDict.from_module(critic).data
+    loss.qvalue_network_params.data.copy_(params.expand(loss.num_qvalue_nets))
+    loss.target_qvalue_network_params.data.copy_(params.expand(loss.num_qvalue_nets))
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import dispatch, TensorDictModule
 from tensordict.utils import NestedKey
-from torchrl.data import TensorSpec
+from torchrl.data import Composite, TensorSpec
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
@@ -250,9 +250,9 @@ class QSMLoss(LossModule):
     def _check_input(self, tensordict: TensorDictBase, keys: Sequence[NestedKey], role: str) -> None:
         for key in keys:
             if tensordict.get(key, None) is None:
-                raise KeyError(
+                raise _MissingKeyError(
                     f"QSMLoss.{role} needs the key {key!r} in its input, which has keys "
-                    f"{sorted(map(str, tensordict.keys(True, True)))}. The loss reads {self.in_keys}; "
+                    f"{list(tensordict.keys(True, True))}. The loss reads {self.in_keys}; "
                     "use loss.set_keys(...) if your data names them differently."
                 )
         action = tensordict.get(self.tensor_keys.action)
@@ -401,6 +401,13 @@ class QSMLoss(LossModule):
         return self
 
 
+class _MissingKeyError(KeyError):
+    """A KeyError whose message prints as written (KeyError quotes its argument)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
@@ -439,7 +446,9 @@ def _action_bounds(actor_network, module, action_spec, bounds) -> tuple[torch.Te
             raise ValueError(f"The action bounds must be finite with low < high, got [{low}, {high}].")
         return low.clone(), high.clone()
     spec = action_spec if action_spec is not None else getattr(actor_network, "spec", None)
-    if spec is None or (hasattr(spec, "is_empty") and spec.is_empty()):
+    if isinstance(spec, Composite) and spec.get(action_key, None) is None:
+        spec = None  # e.g. TorchRL's DiffusionActor built without a spec: Composite(action=None)
+    if spec is None:
         raise ValueError(
             "QSMLoss needs the action bounds: pass action_spec= or bounds=, or give the actor a bounded spec."
         )

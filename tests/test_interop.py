@@ -1,0 +1,77 @@
+"""Our actor inside TorchRL's tools, and TorchRL's actor inside our loss."""
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.collectors import Collector
+from torchrl.envs import CatTensors, Compose, DMControlEnv, DoubleToFloat, InitTracker, RewardSum, StepCounter, TransformedEnv
+from torchrl.modules import DiffusionActor as TorchRLDiffusionActor
+from torchrl.objectives import DiffusionBCLoss, SoftUpdate
+
+from conftest import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM
+from torchrl_qsm import DiffusionActor, QSMLoss
+
+
+def test_torchrl_diffusion_bc_loss_trains_our_actor():
+    actor = make_actor(bound=2.0, hidden_sizes=(64, 64))
+    loss = DiffusionBCLoss(actor)
+    data = TensorDict(
+        observation=torch.randn(128, OBS_DIM), action=box(bound=2.0).rand((128,)), batch_size=[128]
+    )
+    optimizer = torch.optim.Adam(loss.parameters(), lr=3e-3)
+    values = []
+    for step in range(60):
+        torch.manual_seed(step % 4)  # a fixed set of (t, eps) draws, so the trend is not noise
+        value = loss(data)["loss_diffusion_bc"]
+        optimizer.zero_grad()
+        value.backward()
+        if step == 0:
+            trainable = [p for p in actor.parameters()]
+            assert all(p.grad is not None for p in trainable)
+        optimizer.step()
+        values.append(value.item())
+    assert sum(values[-4:]) < 0.7 * sum(values[:4])
+
+
+def test_qsm_loss_trains_torchrl_s_own_diffusion_actor():
+    actor = TorchRLDiffusionActor(ACTION_DIM, OBS_DIM, num_steps=5, spec=box())
+    loss = QSMLoss(actor, make_critic())  # bounds from the actor's spec
+    SoftUpdate(loss, tau=0.005)
+    out = loss(make_batch((16,)))
+    (out["loss_actor"] + out["loss_qvalue"]).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.parameters())
+    # TorchRL's actor has no bounds: the loss clips next actions with its own
+    spec_free = TorchRLDiffusionActor(ACTION_DIM, OBS_DIM, num_steps=5)
+    loss = QSMLoss(spec_free, make_critic(), bounds=(-0.5, 0.5))
+    with torch.no_grad():
+        assert loss._next_action(make_batch((64,))["next"]).abs().max() <= 0.5
+    with pytest.raises(ValueError, match="needs the action bounds"):
+        QSMLoss(spec_free, make_critic())
+
+
+def make_cheetah():
+    env = DMControlEnv("cheetah", "run")
+    return TransformedEnv(
+        env,
+        Compose(
+            CatTensors(in_keys=list(env.observation_spec.keys()), out_key="observation"),
+            InitTracker(),
+            StepCounter(),
+            DoubleToFloat(),
+            RewardSum(),
+        ),
+    )
+
+
+@pytest.mark.slow
+def test_our_actor_collects_on_dm_control_cheetah_run():
+    env = make_cheetah()
+    obs_dim = env.observation_spec["observation"].shape[-1]
+    action_spec = env.action_spec
+    actor = DiffusionActor(action_spec.shape[-1], obs_dim, spec=action_spec, hidden_sizes=(32, 32))
+    collector = Collector(env, actor, frames_per_batch=50, total_frames=100)
+    batches = list(collector)
+    collector.shutdown()
+    assert len(batches) == 2 and batches[0].numel() == 50
+    action = batches[0]["action"]
+    assert action.shape == (50, 6) and action_spec.is_in(action)
+    assert torch.isfinite(batches[0]["next", "reward"]).all()

@@ -1,0 +1,383 @@
+"""QSMLoss: the TorchRL loss contract (TD3's test checklist) and the paper's two regressions."""
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch import nn
+from torchrl.data import Unbounded
+from torchrl.data.postprocs import MultiStep
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import ValueOperator
+from torchrl.objectives import SoftUpdate, ValueEstimators
+
+from conftest import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM, pin_critics
+from torchrl_qsm import QSMLoss
+
+
+def make_loss(**kwargs):
+    actor_kwargs = kwargs.pop("actor_kwargs", {})
+    return QSMLoss(make_actor(**actor_kwargs), kwargs.pop("critic", None) or make_critic(), **kwargs)
+
+
+def grads(params):
+    """The gradients of the trainable entries (the params also hold buffers: schedule, bounds)."""
+    return {k: v.grad for k, v in params.items(True, True) if v.requires_grad}
+
+
+# --- the two regressions, written out by hand --------------------------------------------------
+def test_actor_loss_regresses_eps_on_minus_alpha_mean_critic_gradient_at_the_noised_action():
+    loss = make_loss(alpha=3.0)
+    data = make_batch((16,))
+    torch.manual_seed(7)
+    actual, _ = loss.actor_loss(data)
+
+    torch.manual_seed(7)  # replay the loss's draws: t, then eps
+    module = loss.actor_network.module
+    t = torch.randint(0, module.num_steps, (16,))
+    noised, _ = module.add_noise(data["action"], t)
+    noised = noised.detach().requires_grad_()
+    per_critic = []
+    for params in loss.qvalue_network_params.detach().unbind(0):
+        with params.to_module(loss.qvalue_network):
+            per_critic.append(loss.qvalue_network(TensorDict(observation=data["observation"], action=noised))["state_action_value"])
+    (g,) = torch.autograd.grad(torch.stack(per_critic).mean(0).sum(), noised)
+    eps_pred = module.score_network(torch.cat([noised, data["observation"], t.float().unsqueeze(-1)], -1))
+    expected = (eps_pred - (-3.0 * g)).pow(2).mean()
+    torch.testing.assert_close(actual, expected)
+
+
+def test_qvalue_loss_regresses_both_critics_on_the_min_target_at_a_fresh_chain_sample():
+    loss = make_loss(policy_noise=0.0).make_value_estimator(gamma=0.9)
+    data = make_batch((16,))
+    data["next", "terminated"][:4] = True
+    torch.manual_seed(11)
+    actual, _ = loss.qvalue_loss(data)
+
+    torch.manual_seed(11)  # replay: the chain sample at s' (RANDOM mode)
+    with set_exploration_type(ExplorationType.RANDOM), torch.no_grad():
+        next_action = loss.actor_network(data["next"].select("observation").clone())["action"]
+    q_next, q_now = [], []
+    for online, target in zip(loss.qvalue_network_params.unbind(0), loss.target_qvalue_network_params.unbind(0)):
+        with target.to_module(loss.qvalue_network):
+            q_next.append(loss.qvalue_network(TensorDict(observation=data["next", "observation"], action=next_action))["state_action_value"])
+        with online.to_module(loss.qvalue_network):
+            q_now.append(loss.qvalue_network(data.select("observation", "action").clone())["state_action_value"])
+    y = data["next", "reward"] + 0.9 * (~data["next", "terminated"]) * torch.stack(q_next).min(0).values
+    expected = sum((q - y).pow(2) for q in q_now).mean()
+    torch.testing.assert_close(actual, expected)
+
+
+def test_next_actions_come_from_a_random_chain_even_though_losses_default_to_deterministic():
+    loss = make_loss(policy_noise=0.0)
+    data = make_batch()
+    first = loss.qvalue_loss(data)[1]["next_state_value"]
+    second = loss.qvalue_loss(data)[1]["next_state_value"]
+    assert first != second
+
+
+def test_next_actions_are_clipped_to_the_bounds():
+    loss = make_loss(policy_noise=5.0, actor_kwargs={"bound": 2.0}, critic=make_critic())
+    data = make_batch((64,), bound=2.0)
+    with torch.no_grad():
+        next_action = loss._next_action(data["next"])
+    assert next_action.abs().max().item() == pytest.approx(2.0)
+
+
+# --- options ------------------------------------------------------------------------------------
+def test_grad_at_clean_and_min_of_critics_change_the_target():
+    data = make_batch((16,))
+    torch.manual_seed(0)
+    base = make_loss()
+    state = base.state_dict()
+    values = {}
+    for name, options in {"default": {}, "clean": {"grad_at": "clean"}, "min": {"critic_reduction": "min"}}.items():
+        loss = make_loss(**options)
+        loss.load_state_dict(state)
+        torch.manual_seed(1)
+        values[name] = loss.actor_loss(data)[0]
+    assert len({round(v.item(), 6) for v in values.values()}) == 3
+
+
+class Scaled(nn.Module):
+    def __init__(self, critic, scale):
+        super().__init__()
+        self.critic, self.scale = critic, scale
+
+    def forward(self, observation, action):
+        return self.scale * self.critic(torch.cat([observation, action], -1))
+
+
+def test_normalized_gradient_makes_the_actor_target_independent_of_the_critic_scale():
+    data = make_batch((32,))
+    actor = make_actor()
+    net = make_critic().module
+    losses = {}
+    for scale in (1.0, 100.0):
+        for normalize in (False, True):
+            critic = ValueOperator(Scaled(net, scale), in_keys=["observation", "action"])
+            loss = QSMLoss(actor, critic, alpha=1.0, normalize_grad=normalize)
+            pin_critics(loss, critic)
+            torch.manual_seed(3)
+            losses[scale, normalize] = loss.actor_loss(data)[0].item()
+    assert losses[1.0, True] == pytest.approx(losses[100.0, True], rel=1e-4)
+    assert losses[100.0, False] > 10 * losses[1.0, False]
+
+
+# --- the TD3 checklist --------------------------------------------------------------------------
+def test_each_loss_reaches_only_its_own_parameters_and_targets_get_none():
+    loss = make_loss()
+    data = make_batch()
+    loss_actor, _ = loss.actor_loss(data)
+    loss_actor.backward()
+    assert all(g is not None and g.abs().sum() > 0 for g in grads(loss.actor_network_params).values())
+    assert all(g is None for g in grads(loss.qvalue_network_params).values())
+    loss.zero_grad(set_to_none=True)
+
+    loss_qvalue, _ = loss.qvalue_loss(data)
+    loss_qvalue.backward()
+    assert all(g is None for g in grads(loss.actor_network_params).values())
+    assert all(g is not None and g.abs().sum() > 0 for g in grads(loss.qvalue_network_params).values())
+    assert all(not p.requires_grad and p.grad is None for p in loss.target_qvalue_network_params.values(True, True))
+
+
+def test_no_duplicated_parameters_and_loss_params_are_the_actor_s():
+    actor = make_actor()
+    loss = QSMLoss(actor, make_critic())
+    names = [n for n, _ in loss.named_parameters()]
+    assert len(names) == len(set(names))
+    # an optimizer step on the loss's parameters is a step on the collector's actor
+    trainable = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
+    assert {id(p) for p in trainable} == {id(p) for p in actor.parameters()}
+
+
+def test_input_is_left_untouched_except_the_td_error():
+    loss = make_loss()
+    data = make_batch((8,))
+    before = data.clone()
+    loss(data)
+    assert set(data.keys(True, True)) == set(before.keys(True, True)) | {"td_error"}
+    assert (data.exclude("td_error") == before).all()
+    assert data["td_error"].shape == (8,) and (data["td_error"] >= 0).all()
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("batch", [(8,), (2, 4)])
+def test_reduction_shapes(reduction, batch):
+    out = make_loss(reduction=reduction)(make_batch(batch))
+    expected = batch if reduction == "none" else ()
+    assert out["loss_actor"].shape == out["loss_qvalue"].shape == expected
+
+
+def test_mean_and_sum_reductions_agree():
+    data = make_batch((8,))
+    loss = make_loss()
+    state = loss.state_dict()
+    summed = make_loss(reduction="sum")
+    summed.load_state_dict(state)
+    torch.manual_seed(2)
+    mean = loss(data.clone())
+    torch.manual_seed(2)
+    total = summed(data.clone())
+    torch.testing.assert_close(total["loss_actor"], 8 * mean["loss_actor"])
+    torch.testing.assert_close(total["loss_qvalue"], 8 * mean["loss_qvalue"])
+
+
+def test_vmap_and_python_loop_over_critics_agree():
+    data = make_batch((8,))
+    looped = make_loss(deactivate_vmap=True)
+    vmapped = make_loss()
+    vmapped.load_state_dict(looped.state_dict())
+    torch.manual_seed(4)
+    a = looped(data.clone())
+    torch.manual_seed(4)
+    b = vmapped(data.clone())
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_critics_need_and_get_different_vmap_randomness():
+    loss = make_loss(critic=make_critic(dropout=0.1))
+    assert loss.vmap_randomness == "different"
+    loss(make_batch())
+
+
+def test_state_dict_round_trip():
+    loss = make_loss()
+    other = make_loss()
+    other.load_state_dict(loss.state_dict())
+    for (k, a), (_, b) in zip(loss.state_dict().items(), other.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_reset_parameters_recursive_resets_weights_and_targets():
+    loss = make_loss()
+    SoftUpdate(loss, tau=0.005)
+    with torch.no_grad():
+        for p in loss.parameters():
+            p.add_(1000)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    loss.reset_parameters_recursive()
+    after = loss.state_dict()
+    changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])]
+    assert any(k.startswith("actor_network_params") for k in changed)
+    assert any(k.startswith("qvalue_network_params") for k in changed)
+    assert any(k.startswith("target_qvalue_network_params") for k in changed)
+
+
+def test_set_keys_renames_every_input():
+    loss = make_loss()
+    loss.set_keys(action="act", reward="rew", done="finished", terminated="ended", state_action_value="q")
+    loss.qvalue_network.in_keys[:] = ["observation", "act"]
+    loss.qvalue_network.out_keys[:] = ["q"]
+    data = make_batch()
+    data.rename_key_("action", "act")
+    data.rename_key_(("next", "reward"), ("next", "rew"))
+    data.rename_key_(("next", "done"), ("next", "finished"))
+    data.rename_key_(("next", "terminated"), ("next", "ended"))
+    out = loss(data)
+    assert torch.isfinite(out["loss_actor"]) and torch.isfinite(out["loss_qvalue"])
+    assert loss.value_estimator.tensor_keys.reward == "rew"
+    assert loss.value_estimator.tensor_keys.value == "q"
+    with pytest.raises(ValueError):
+        loss.set_keys(not_a_key="x")
+
+
+def test_call_without_tensordict_and_select_out_keys():
+    loss = make_loss()
+    data = make_batch()
+    kwargs = {"_".join(k) if isinstance(k, tuple) else k: data.get(k) for k in loss.in_keys}
+    loss.select_out_keys("loss_actor", "loss_qvalue")
+    loss_actor, loss_qvalue = loss(**kwargs)
+    assert loss_actor.shape == loss_qvalue.shape == ()
+
+
+@pytest.mark.parametrize("estimator", [ValueEstimators.TD0, ValueEstimators.TD1, ValueEstimators.TDLambda])
+def test_value_estimators(estimator):
+    loss = make_loss()
+    loss.make_value_estimator(estimator, gamma=0.9)
+    data = make_batch((2, 6))  # [env, time] for the multi-step estimators
+    data.names = [None, "time"]
+    data["next", "done"][:, -1] = True
+    assert torch.isfinite(loss(data)["loss_qvalue"])
+
+
+@pytest.mark.parametrize("estimator", [ValueEstimators.GAE, ValueEstimators.VTrace])
+def test_unsupported_value_estimators_raise(estimator):
+    with pytest.raises(NotImplementedError):
+        make_loss().make_value_estimator(estimator)
+
+
+def test_multistep_data_with_n1_equals_plain_data():
+    loss = make_loss().make_value_estimator(gamma=0.9)
+    data = make_batch((2, 5))
+    data.names = [None, "time"]
+    data["next", "done"][:, -1] = True
+    data["observation"][:, 1:] = data["next", "observation"][:, :-1]
+    stepped = MultiStep(gamma=0.9, n_steps=1)(data.clone())
+    torch.manual_seed(0)
+    plain = loss.qvalue_loss(data.clone())[0]
+    torch.manual_seed(0)
+    multi = loss.qvalue_loss(stepped)[0]
+    torch.testing.assert_close(plain, multi)
+    assert torch.isfinite(loss.qvalue_loss(MultiStep(gamma=0.9, n_steps=3)(data.clone()))[0])
+
+
+def test_soft_update_moves_targets_and_nothing_else_does():
+    loss = make_loss()
+    updater = SoftUpdate(loss, tau=0.5)
+    target_before = loss.target_qvalue_network_params.clone()
+    with torch.no_grad():
+        loss.qvalue_network_params.apply_(lambda p: p.add_(1.0))
+    loss(make_batch())
+    assert (loss.target_qvalue_network_params == target_before).all()
+    updater.step()
+    expected = target_before.apply(lambda t, o: 0.5 * t + 0.5 * o, loss.qvalue_network_params.data)
+    torch.testing.assert_close(loss.target_qvalue_network_params.data.to_dict(), expected.to_dict())
+
+
+def test_target_network_warning_without_updater():
+    loss = make_loss()
+    with pytest.warns(UserWarning, match="No target network updater"):
+        loss(make_batch())
+
+
+def test_priority_weights_weigh_each_sample():
+    data = make_batch((8,))
+    loss = make_loss()
+    no_weights = make_loss(use_prioritized_weights=False)
+    no_weights.load_state_dict(loss.state_dict())
+    torch.manual_seed(5)
+    plain = loss(data.clone())
+    weighted_data = data.clone()
+    weighted_data["priority_weight"] = torch.linspace(0, 2, 8)
+    torch.manual_seed(5)
+    weighted = loss(weighted_data)
+    assert weighted["loss_qvalue"] != plain["loss_qvalue"]
+    assert weighted["loss_actor"] != plain["loss_actor"]
+    torch.manual_seed(5)
+    torch.testing.assert_close(no_weights(weighted_data.clone())["loss_qvalue"], plain["loss_qvalue"])
+
+
+def test_metrics_are_detached_scalars():
+    loss = make_loss()
+    out = loss(make_batch())
+    assert set(out.keys()) == set(loss.out_keys)
+    for key in loss.out_keys[2:]:
+        assert out[key].shape == () and not out[key].requires_grad, key
+
+
+# --- bad input ----------------------------------------------------------------------------------
+def test_missing_keys_are_named():
+    loss = make_loss()
+    with pytest.raises(KeyError, match=r"qvalue_loss needs the key \('next', 'reward'\)"):
+        loss(make_batch().exclude(("next", "reward")))
+    with pytest.raises(KeyError, match="actor_loss needs the key 'observation'"):
+        loss.actor_loss(make_batch().exclude("observation"))
+
+
+def test_action_size_disagreements_are_refused():
+    with pytest.raises(ValueError, match="action_dim=3 disagrees with the action spec"):
+        QSMLoss(make_actor(), make_critic(), action_spec=box(4))
+    loss = make_loss(critic=make_critic(action_dim=4))
+    with pytest.raises(ValueError, match="critic, the actor and the action spec agree"):
+        loss(make_batch())
+    with pytest.raises(ValueError, match="has 4 dims but the action bounds have 3"):
+        make_loss()(make_batch(action_dim=4))
+
+
+def test_bad_options_are_refused_with_their_names():
+    with pytest.raises(ValueError, match="alpha .* must be > 0"):
+        make_loss(alpha=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        make_loss(alpha=-1.0)
+    with pytest.raises(ValueError, match="Unknown grad_at 'sideways'"):
+        make_loss(grad_at="sideways")
+    with pytest.raises(ValueError, match="Unknown critic_reduction 'max'"):
+        make_loss(critic_reduction="max")
+    with pytest.raises(ValueError, match="Unknown loss_function"):
+        make_loss(loss_function="huber")
+    with pytest.raises(ValueError, match="Unknown reduction"):
+        make_loss(reduction="avg")
+    with pytest.raises(TypeError):
+        make_loss(temperature=2.0)  # not an option of the loss
+
+
+def test_unbounded_spec_and_missing_bounds_are_refused():
+    with pytest.raises(ValueError, match="must be Bounded"):
+        QSMLoss(make_actor(), make_critic(), action_spec=Unbounded(ACTION_DIM))
+    with pytest.raises(ValueError, match="not both"):
+        QSMLoss(make_actor(), make_critic(), action_spec=box(), bounds=(-1, 1))
+    with pytest.raises(ValueError, match="finite"):
+        QSMLoss(make_actor(), make_critic(), bounds=(-1, float("inf")))
+
+
+def test_actor_without_the_diffusion_contract_is_refused():
+    plain = TensorDictModule(nn.Linear(OBS_DIM, ACTION_DIM), in_keys=["observation"], out_keys=["action"])
+    with pytest.raises(TypeError, match="DiffusionActor contract"):
+        QSMLoss(plain, make_critic(), bounds=(-1, 1))
+
+
+def test_zero_denoising_steps_are_refused():
+    actor = make_actor()
+    actor.module.schedule.num_steps = 0
+    with pytest.raises(ValueError, match="T must be >= 1"):
+        QSMLoss(actor, make_critic())
