@@ -1,0 +1,341 @@
+"""Factories and helpers of the QSM training script (the shape of TorchRL's sota-implementations/sac/utils.py)."""
+from __future__ import annotations
+
+import csv
+import functools
+import importlib.util
+import math
+import os
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from dm_control import suite
+from omegaconf import DictConfig, OmegaConf
+from tensordict.nn import TensorDictSequential
+from torch import nn
+from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
+from torchrl.data import LazyTensorStorage, TensorDictPrioritizedReplayBuffer, TensorDictReplayBuffer
+from torchrl.envs import (
+    CatTensors,
+    Compose,
+    DMControlEnv,
+    DoubleToFloat,
+    EnvBase,
+    InitTracker,
+    RewardSum,
+    SerialEnv,
+    StepCounter,
+    TransformedEnv,
+)
+from torchrl.envs.utils import ExplorationType
+from torchrl.modules import AdditiveGaussianModule, MLP, ValueOperator
+from torchrl.objectives import SoftUpdate
+from torchrl.record import VideoRecorder
+from torchrl.record.loggers import CSVLogger, generate_exp_name, get_logger
+
+from torchrl_qsm import DiffusionActor, EpsilonNetwork, QSMLoss
+
+
+# --- configuration ---------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; an explicit device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}: CUDA is not available on this machine (use device=auto or cpu).")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={name!r}: MPS is not available on this machine.")
+    return device
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Fails before anything is built, naming the field at fault."""
+    if (cfg.env.domain, cfg.env.task) not in suite.ALL_TASKS:
+        raise ValueError(
+            f"env.domain={cfg.env.domain!r} env.task={cfg.env.task!r} is not a DeepMind Control task; "
+            f"presets: {sorted(p.stem for p in (Path(__file__).parent / 'env').glob('*.yaml'))}."
+        )
+    checks = [
+        (cfg.diffusion.alpha > 0, "diffusion.alpha (the scale of grad_a Q) must be > 0"),
+        (isinstance(cfg.diffusion.num_steps, int) and cfg.diffusion.num_steps >= 1, "diffusion.num_steps (T) must be an integer >= 1"),
+        (cfg.optim.batch_size <= cfg.replay_buffer.size, "optim.batch_size must not exceed replay_buffer.size"),
+        (cfg.collector.init_random_frames <= cfg.collector.total_frames, "collector.init_random_frames must not exceed collector.total_frames"),
+        (cfg.collector.frames_per_batch >= 1 and cfg.collector.total_frames >= 1, "collector.frames_per_batch and collector.total_frames must be >= 1"),
+        (cfg.collector.num_envs >= 1, "collector.num_envs must be >= 1"),
+        (cfg.optim.utd_ratio > 0, "optim.utd_ratio must be > 0"),
+        (cfg.eval.mode in ("stochastic", "deterministic"), "eval.mode must be 'stochastic' or 'deterministic'"),
+        (cfg.eval.interval >= 1 and cfg.eval.episodes >= 1, "eval.interval and eval.episodes must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"{message}; got {_values_named_in(message, cfg)}.")
+    resolve_device(cfg.device)
+
+
+def _values_named_in(message: str, cfg: DictConfig) -> str:
+    names = [word for word in message.replace(",", " ").split() if "." in word and not word.endswith(".")]
+    return ", ".join(f"{name}={_select(cfg, name)!r}" for name in names)
+
+
+def _select(cfg: DictConfig, dotted: str):
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+# --- logging ---------------------------------------------------------------------------------------
+def make_logger(cfg: DictConfig, folder: Path):
+    """A TorchRL logger writing under ``folder/logs`` (``None`` when ``logger.backend`` is empty)."""
+    if not cfg.logger.backend:
+        return None
+    log_dir, exp_name = str(folder / "logs"), generate_exp_name("QSM", cfg.logger.exp_name)
+    if cfg.logger.backend == "csv":  # built directly: get_logger fixes the CSV video format to mp4
+        video_format = cfg.logger.video_format
+        if cfg.eval.video and video_format == "mp4" and importlib.util.find_spec("torchcodec") is None:
+            warnings.warn("mp4 videos need torchcodec (pip install 'torchcodec>=0.10.0'); saving videos as .pt tensors.")
+            video_format = "pt"
+        return CSVLogger(exp_name, log_dir=log_dir, video_format=video_format)
+    kwargs = {}
+    if cfg.logger.backend == "wandb":
+        kwargs["wandb_kwargs"] = {
+            "mode": cfg.logger.mode,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "project": cfg.logger.project_name,
+        }
+    return get_logger(cfg.logger.backend, logger_name=log_dir, experiment_name=exp_name, **kwargs)
+
+
+# --- environments ----------------------------------------------------------------------------------
+def make_env(domain: str, task: str, frame_skip: int = 1, max_episode_steps: int = 1000, from_pixels: bool = False) -> EnvBase:
+    """A DMC task with flat float32 observations, step counter, episode reward and init tracker."""
+    env = DMControlEnv(domain, task, frame_skip=frame_skip, from_pixels=from_pixels, pixels_only=False)
+    observation_keys = [key for key in env.observation_spec.keys() if key != "pixels"]
+    return TransformedEnv(
+        env,
+        Compose(
+            CatTensors(in_keys=observation_keys, out_key="observation"),
+            InitTracker(),
+            StepCounter(max_episode_steps),
+            DoubleToFloat(),
+            RewardSum(),
+        ),
+    )
+
+
+def env_maker(cfg: DictConfig, from_pixels: bool = False) -> functools.partial:
+    """A picklable constructor of the configured task (sent to collector processes)."""
+    return functools.partial(
+        make_env, cfg.env.domain, cfg.env.task, cfg.env.frame_skip, cfg.env.max_episode_steps, from_pixels
+    )
+
+
+def rendering_available(cfg: DictConfig) -> bool:
+    try:
+        env = DMControlEnv(cfg.env.domain, cfg.env.task, from_pixels=True, pixels_only=False)
+        env.reset()
+        env.close()
+        return True
+    except Exception as err:  # no GL backend: glfw without a display, no egl/osmesa
+        warnings.warn(
+            f"eval.video=true but MuJoCo cannot render offscreen here ({type(err).__name__}: {err}); "
+            "set MUJOCO_GL=egl (GPU) or MUJOCO_GL=osmesa (CPU) to record videos. Continuing without video."
+        )
+        return False
+
+
+def make_eval_env(cfg: DictConfig, logger=None) -> EnvBase:
+    """``eval.episodes`` copies of the task stepped together, so the actor sees one batch per step."""
+    video = bool(cfg.eval.video) and logger is not None and rendering_available(cfg)
+    env = SerialEnv(cfg.eval.episodes, env_maker(cfg, from_pixels=video))
+    if video:
+        env = TransformedEnv(env, VideoRecorder(logger, tag="eval/video", in_keys=["pixels"]))
+    env.set_seed(cfg.env.seed + 10_000)
+    return env
+
+
+# --- agent -----------------------------------------------------------------------------------------
+def make_agent(cfg: DictConfig, env: EnvBase, device: torch.device) -> tuple[DiffusionActor, ValueOperator, TensorDictSequential]:
+    """The diffusion actor, one critic (QSMLoss makes the twin) and the exploration policy."""
+    action_spec = env.action_spec_unbatched.to(device)
+    obs_dim = env.observation_spec_unbatched["observation"].shape[-1]
+    action_dim = action_spec.shape[-1]
+    net = cfg.network
+    eps_network = EpsilonNetwork(
+        action_dim,
+        obs_dim,
+        hidden_sizes=tuple(net.hidden_sizes),
+        activation=getattr(nn, net.actor_activation),
+        layer_norm=net.layer_norm,
+        time_embedding=net.time_embedding,
+    )
+    actor = DiffusionActor(
+        action_dim,
+        obs_dim,
+        eps_network,
+        num_steps=cfg.diffusion.num_steps,
+        spec=action_spec,
+        schedule=cfg.diffusion.schedule,
+        temperature=cfg.diffusion.temperature,
+    ).to(device)
+    critic = ValueOperator(
+        MLP(
+            obs_dim + action_dim,
+            1,
+            num_cells=list(net.hidden_sizes),
+            activation_class=getattr(nn, net.critic_activation),
+            device=device,
+        ),
+        in_keys=["observation", "action"],
+    )
+    exploration = TensorDictSequential(
+        actor,
+        AdditiveGaussianModule(
+            action_spec, sigma_init=cfg.diffusion.exploration_std, sigma_end=cfg.diffusion.exploration_std, device=device
+        ),
+    )
+    return actor, critic, exploration
+
+
+def make_loss_module(cfg: DictConfig, actor: DiffusionActor, critic: ValueOperator) -> tuple[QSMLoss, SoftUpdate]:
+    d = cfg.diffusion
+    loss = QSMLoss(
+        actor,
+        critic,
+        alpha=d.alpha,
+        grad_at=d.grad_at,
+        critic_reduction=d.critic_reduction,
+        normalize_grad=d.normalize_grad,
+        policy_noise=d.policy_noise,
+    )
+    loss.make_value_estimator(gamma=cfg.optim.gamma)
+    return loss, SoftUpdate(loss, tau=cfg.optim.tau)
+
+
+def make_optimizer(cfg: DictConfig, loss: QSMLoss):
+    """Adam for the actor and for the critics, and the actor's cosine learning-rate decay."""
+    actor_params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
+    critic_params = [p for p in loss.qvalue_network_params.values(True, True) if p.requires_grad]
+    actor_optim = torch.optim.Adam(actor_params, lr=cfg.optim.lr)
+    critic_optim = torch.optim.Adam(critic_params, lr=cfg.optim.lr)
+    decay = cfg.optim.actor_lr_decay_updates
+    scheduler = torch.optim.lr_scheduler.LambdaLR(actor_optim, functools.partial(_cosine, decay))
+    return actor_optim, critic_optim, scheduler
+
+
+def _cosine(horizon: int, step: int) -> float:
+    """``0.5 (1 + cos(pi min(step, horizon) / horizon))``: 1 -> 0 over ``horizon`` steps (1 if horizon is 0)."""
+    if horizon <= 0:
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * min(step, horizon) / horizon))
+
+
+# --- data ------------------------------------------------------------------------------------------
+def make_collector(cfg: DictConfig, policy, total_frames: int, init_random_frames: int, device: torch.device):
+    """One env in-process (``Collector``), or ``num_envs`` env processes (Multi{Sync,Async}Collector)."""
+    kwargs = dict(
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=total_frames,
+        init_random_frames=init_random_frames,
+        env_device="cpu",
+        policy_device=device,
+        storing_device=device,
+        exploration_type=ExplorationType.RANDOM,
+    )
+    n = cfg.collector.num_envs
+    if n == 1:
+        collector = Collector(env_maker(cfg)(), policy, **kwargs)
+    else:
+        cls = MultiSyncCollector if cfg.collector.sync else MultiAsyncCollector
+        collector = cls([env_maker(cfg)] * n, policy, **kwargs)
+    collector.set_seed(cfg.env.seed)
+    return collector
+
+
+def make_replay_buffer(cfg: DictConfig, device: torch.device):
+    storage = LazyTensorStorage(cfg.replay_buffer.size, device=cfg.replay_buffer.device or device)
+    common = dict(storage=storage, batch_size=cfg.optim.batch_size, prefetch=cfg.replay_buffer.prefetch or None)
+    if cfg.replay_buffer.prb:
+        return TensorDictPrioritizedReplayBuffer(alpha=0.7, beta=0.5, **common)
+    return TensorDictReplayBuffer(**common)
+
+
+# --- results ---------------------------------------------------------------------------------------
+RESULT_FIELDS = ["frame", "wall_time", "train_return", "eval_return", "eval_return_std", "eval_edge_fraction"]
+
+
+class Results:
+    """Train and eval returns by frame: ``returns.csv`` (rewritten atomically) and ``learning_curve.png``."""
+
+    def __init__(self, folder: Path, rows: list[dict] | None = None) -> None:
+        self.folder = folder
+        self.rows = list(rows or [])
+
+    def add(self, **row) -> None:
+        self.rows.append({field: row.get(field, "") for field in RESULT_FIELDS})
+        tmp = self.folder / "returns.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, RESULT_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.folder / "returns.csv")
+
+    def plot(self, title: str) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        def series(key):
+            points = [(r["frame"], r[key]) for r in self.rows if r[key] != ""]
+            return [p[0] for p in points], [p[1] for p in points]
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        frames, train = series("train_return")
+        ax.plot(frames, train, ".", alpha=0.4, label="train episodes")
+        frames, evals = series("eval_return")
+        _, spread = series("eval_return_std")
+        ax.errorbar(frames, evals, yerr=spread, marker="o", capsize=3, label="eval (mean +- std)")
+        ax.set_xlabel("environment frames")
+        ax.set_ylabel("episode return")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = self.folder / "learning_curve.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Writes ``state`` to a temporary file next to ``path``, then renames it: never a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint.resume={str(path)!r}: no such file.")
+    return torch.load(path, map_location=device, weights_only=False)
