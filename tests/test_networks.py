@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchrl_qsm import EpsilonNetwork, FourierFeatures, SinusoidalFeatures
+from torchrl_qsm import EpsilonNetwork, FourierFeatures, Mish, SinusoidalFeatures
 
 A, O = 3, 5
 
@@ -57,3 +57,20 @@ def test_wrong_input_size_names_the_layout():
     net = EpsilonNetwork(A, O)
     with pytest.raises(ValueError, match=r"cat\(\[noisy_action \(3\), observation \(5\), t \(1\)\]\)"):
         net(torch.randn(2, A + O))
+
+
+def test_mish_matches_torch_mish_to_float32_rounding():
+    x = torch.linspace(-100, 100, 200_001, dtype=torch.float64)
+    reference = torch.nn.functional.mish(x)
+    ours = Mish()(x.float()).double()
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-7)
+    xg = x.float().requires_grad_()
+    Mish()(xg).sum().backward()
+    xr = x.clone().requires_grad_()
+    torch.nn.functional.mish(xr).sum().backward()
+    torch.testing.assert_close(xg.grad.double(), xr.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_eps_network_uses_mish_by_default():
+    net = EpsilonNetwork(A, O)
+    assert isinstance(net.input_activation[-1], Mish)

@@ -4,6 +4,7 @@ from torchrl_qsm.diffusion import (
     ddpm_sample,
     EpsilonNetwork,
     FourierFeatures,
+    Mish,
     NoiseSchedule,
     SinusoidalFeatures,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "DiffusionPolicy",
     "EpsilonNetwork",
     "FourierFeatures",
+    "Mish",
     "NoiseSchedule",
     "QSMLoss",
     "SinusoidalFeatures",

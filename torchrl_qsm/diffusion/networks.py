@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchrl.modules import MLP
 
+from torchrl_qsm.diffusion.activations import Mish
 from torchrl_qsm.diffusion.embeddings import make_time_embedding, TimeEmbeddingName
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
@@ -38,7 +39,8 @@ class EpsilonNetwork(nn.Module):
     Keyword Args:
         hidden_sizes: widths of the hidden layers of the main MLP (the paper's text: 256 x 256;
             the authors' code: 512 x 512).
-        activation: activation class (default ``nn.Mish``), used in both MLPs.
+        activation: activation class, used in both MLPs (default: mish, as
+            :class:`~torchrl_qsm.diffusion.activations.Mish` computes it).
         layer_norm: apply ``LayerNorm`` before each hidden activation of the main MLP.
         time_embedding: ``"fourier"`` (learnable, default) or ``"sinusoidal"`` (fixed).
         time_dim: size of the time features.
@@ -51,7 +53,7 @@ class EpsilonNetwork(nn.Module):
         obs_dim: int,
         *,
         hidden_sizes: Sequence[int] = (256, 256),
-        activation: type[nn.Module] = nn.Mish,
+        activation: type[nn.Module] = Mish,
         layer_norm: bool = False,
         time_embedding: TimeEmbeddingName = "fourier",
         time_dim: int = 64,
