@@ -62,7 +62,8 @@ def test_deterministic_exploration_is_the_noise_free_chain_from_a_zero_latent():
     x = torch.zeros(16, ACTION_DIM)
     denoise = policy.denoiser(td["observation"])
     for t in reversed(range(policy.num_steps)):
-        x = policy.schedule.step_scale[t] * (x - policy.schedule.eps_scale[t] * denoise(x, t))
+        alpha, alpha_bar = policy.alphas[t], policy.alphas_cumprod[t]
+        x = (x - (1 - alpha) / (1 - alpha_bar).sqrt() * denoise(x, t)) / alpha.sqrt()
         x = x.clamp(-1, 1)
     torch.testing.assert_close(a, policy.denormalize(x))
 
@@ -169,3 +170,11 @@ def test_sampler_traces_as_one_graph(mode):
         expected = policy(obs)
         torch.manual_seed(0)
         torch.testing.assert_close(compiled(obs), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_gradients_flow_through_the_whole_chain_to_every_parameter():
+    # what a Diffusion-QL style loss (e.g. TorchRL's TD3Loss on this actor) back-propagates through
+    actor = make_actor()
+    with set_exploration_type(ExplorationType.RANDOM):
+        actor(observations((16,)))["action"].pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.parameters())

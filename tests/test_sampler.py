@@ -55,3 +55,14 @@ def test_zero_noise_gives_the_same_chain_twice():
     x_T = torch.randn(4, 2)
     zeros = torch.zeros(5, 4, 2)
     torch.testing.assert_close(ddpm_sample(denoise, x_T, zeros, schedule), ddpm_sample(denoise, x_T, zeros, schedule))
+
+
+def test_no_noise_equals_zero_noise_and_temperature_scales_the_noise():
+    schedule = NoiseSchedule(5)
+    denoise = lambda x, t: 0.5 * x  # noqa: E731
+    x_T, z = torch.randn(4, 2), torch.randn(5, 4, 2)
+    torch.testing.assert_close(ddpm_sample(denoise, x_T, None, schedule), ddpm_sample(denoise, x_T, 0 * z, schedule))
+    torch.testing.assert_close(
+        ddpm_sample(denoise, x_T, z, schedule, temperature=0.5, clip=None),
+        ddpm_sample(denoise, x_T, 0.5 * z, schedule, clip=None),
+    )

@@ -31,10 +31,11 @@ def test_alpha_bar_decreases_inside_zero_one(kind, T):
 
 def test_sampler_coefficients_follow_from_betas():
     s = NoiseSchedule(5)
-    torch.testing.assert_close(s.step_scale, 1 / s.alphas.sqrt())
-    torch.testing.assert_close(s.eps_scale, (1 - s.alphas) / (1 - s.alphas_cumprod).sqrt())
-    assert s.noise_scale[0] == 0  # no noise on the last (t = 0) step
-    torch.testing.assert_close(s.noise_scale[1:], s.betas[1:].sqrt())
+    a, b, c = (torch.tensor(column) for column in zip(*s.step_coefficients))
+    torch.testing.assert_close(a, 1 / s.alphas.sqrt())
+    torch.testing.assert_close(b, (1 - s.alphas) / (s.alphas.sqrt() * (1 - s.alphas_cumprod).sqrt()))
+    assert c[0] == 0  # no noise on the last (t = 0) step
+    torch.testing.assert_close(c[1:], s.betas[1:].sqrt())
 
 
 def test_vp_and_cosine_end_near_the_prior():

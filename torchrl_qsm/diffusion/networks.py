@@ -105,17 +105,19 @@ class EpsilonNetwork(nn.Module):
     def conditioned_on(self, observation: torch.Tensor, num_steps: int) -> Denoiser:
         """Returns ``denoise(a_t, t) = eps_theta(a_t, s, t)`` for ``t`` in ``range(num_steps)``.
 
-        Call it while the parameters to use are in place (e.g. inside ``params.to_module``).
+        ``observation`` is ``[N, obs_dim]``. The state and time terms of the first layer are summed
+        once into a ``[T, N, width]`` bias, so each step's first layer is one ``addmm``. Call it
+        while the parameters to use are in place (e.g. inside ``params.to_module``).
         """
         weight = self.input_layer.weight
         a, cut = self.action_dim, self.action_dim + self.obs_dim
         state_term = F.linear(observation, weight[:, a:cut], self.input_layer.bias)
         steps = torch.arange(num_steps, device=observation.device, dtype=observation.dtype)
         time_terms = F.linear(self.cond(steps), weight[:, cut:])
-        action_weight = weight[:, :a]
+        bias = state_term + time_terms.unsqueeze(1)
+        action_weight = weight[:, :a].t()
 
         def denoise(noisy_action: torch.Tensor, t: int) -> torch.Tensor:
-            hidden = F.linear(noisy_action, action_weight) + state_term + time_terms[t]
-            return self.body(self.input_activation(hidden))
+            return self.body(self.input_activation(torch.addmm(bias[t], noisy_action, action_weight)))
 
         return denoise

@@ -10,34 +10,37 @@ from torchrl_qsm.diffusion.schedules import NoiseSchedule
 def ddpm_sample(
     denoise: Denoiser,
     x_T: torch.Tensor,
-    noise: torch.Tensor,
+    noise: torch.Tensor | None,
     schedule: NoiseSchedule,
     *,
     clip: float | None = 1.0,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Runs ``x_T -> x_0`` through ``T = schedule.num_steps`` denoising steps.
 
     For ``t = T-1, ..., 0``::
 
         x <- (x - (1 - alpha_t) / sqrt(1 - alpha_bar_t) * eps_hat(x, t)) / sqrt(alpha_t)
-             + sqrt(beta_t) * z_t          (no noise at t = 0)
-        x <- clip(x, -clip, clip)          (the authors clip to [-1, 1] after every step)
+             + temperature * sqrt(beta_t) * z_t       (no noise at t = 0)
+        x <- clip(x, -clip, clip)                     (the authors clip to [-1, 1] after every step)
 
-    The loop runs over Python ints only: ``torch.compile`` unrolls it with no graph break, and
-    the ``t = 0`` case is a zero coefficient, not a branch.
+    with the coefficients of ``schedule.step_coefficients``. The loop runs over Python ints and
+    floats only: ``torch.compile`` unrolls it with no graph break.
 
     Args:
         denoise: ``eps_hat(x, t)`` for an int ``t`` (see ``EpsilonNetwork.conditioned_on``).
         x_T: the starting latent, ``[*B, A]`` (``N(0, I)`` for a sample).
-        noise: ``z_t`` of each step, ``[T, *B, A]`` (already scaled by any temperature; zeros
-            give the noise-free chain).
+        noise: ``z_t`` of each step, ``[T, *B, A]``; ``None`` runs the noise-free chain.
         schedule: the noise schedule.
         clip: the per-step clipping box ``[-clip, clip]``; ``None`` disables it.
+        temperature: the scale of the injected noise.
     """
     x = x_T
     for t in reversed(range(schedule.num_steps)):
-        x = schedule.step_scale[t] * (x - schedule.eps_scale[t] * denoise(x, t))
-        x = x + schedule.noise_scale[t] * noise[t]
+        a, b, c = schedule.step_coefficients[t]
+        x = torch.add(x * a, denoise(x, t), alpha=-b)
+        if noise is not None and t > 0:
+            x = x.add_(noise[t], alpha=c * temperature)
         if clip is not None:
-            x = x.clamp(-clip, clip)
+            x = x.clamp_(-clip, clip)
     return x

@@ -66,18 +66,19 @@ class NoiseSchedule(nn.Module):
         num_steps: ``T``, the number of denoising steps (``T >= 1``).
         kind: ``"vp"`` (default, the QSM authors' schedule), ``"cosine"`` or ``"linear"``.
 
-    Buffers (each of shape ``[T]``): ``betas``, ``alphas``, ``alphas_cumprod`` (alpha_bar),
-    ``sigmas`` (``sqrt(1 - alpha_bar)``), and the three coefficients of the ancestral DDPM step
-    used by :func:`~torchrl_qsm.diffusion.sampler.ddpm_sample`::
+    Buffers (each of shape ``[T]``): ``betas``, ``alphas``, ``alphas_cumprod`` (alpha_bar) and
+    ``sigmas`` (``sqrt(1 - alpha_bar)``). The buffers stay float32 when the module is cast to a half
+    precision dtype: the products of ``T`` factors lose their meaning in bf16.
 
-        x_{t-1} = step_scale_t * (x_t - eps_scale_t * eps_hat) + noise_scale_t * z
+    ``step_coefficients`` holds, as Python floats, the three numbers of each ancestral DDPM step used
+    by :func:`~torchrl_qsm.diffusion.sampler.ddpm_sample`::
 
-    with ``step_scale_t = 1 / sqrt(alpha_t)``, ``eps_scale_t = beta_t / sqrt(1 - alpha_bar_t)``
-    and ``noise_scale_t = sqrt(beta_t)`` for ``t > 0``, ``0`` at ``t = 0`` (the authors' variance
-    ``beta_t``, not the posterior variance).
+        x_{t-1} = a_t x_t - b_t eps_hat + c_t z
+        a_t = 1 / sqrt(alpha_t),  b_t = beta_t / (sqrt(alpha_t) sqrt(1 - alpha_bar_t)),
+        c_t = sqrt(beta_t) for t > 0 and 0 at t = 0
 
-    The buffers stay float32 when the module is cast to a half precision dtype: the products of
-    ``T`` factors lose their meaning in bf16.
+    (the authors' variance ``beta_t``, not the posterior variance). Floats, not tensors: the schedule
+    is fixed, and constants cost the chain no tensor op, no device transfer and no compile guard.
     """
 
     def __init__(self, num_steps: int, kind: ScheduleName = "vp") -> None:
@@ -92,18 +93,13 @@ class NoiseSchedule(nn.Module):
         alphas = 1 - betas
         alphas_cumprod = torch.cumprod(alphas, 0)
         sigmas = (1 - alphas_cumprod).sqrt()
-        noise_scale = betas.sqrt()
-        noise_scale[0] = 0.0
-        for name, value in {
-            "betas": betas,
-            "alphas": alphas,
-            "alphas_cumprod": alphas_cumprod,
-            "sigmas": sigmas,
-            "step_scale": alphas.rsqrt(),
-            "eps_scale": betas / sigmas,
-            "noise_scale": noise_scale,
-        }.items():
+        for name, value in {"betas": betas, "alphas": alphas, "alphas_cumprod": alphas_cumprod, "sigmas": sigmas}.items():
             self.register_buffer(name, value.to(torch.float32))
+        noise = betas.sqrt()
+        noise[0] = 0.0
+        self.step_coefficients: list[tuple[float, float, float]] = [
+            (a, b, c) for a, b, c in zip(alphas.rsqrt().tolist(), (betas / (alphas.sqrt() * sigmas)).tolist(), noise.tolist())
+        ]
 
     def _apply(self, fn, recurse=True):
         # Keep the schedule in float32 whatever dtype the module is cast to; devices still move.

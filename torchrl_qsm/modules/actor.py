@@ -105,7 +105,7 @@ class DiffusionPolicy(nn.Module):
         return alpha_bar.sqrt() * x + (1 - alpha_bar).sqrt() * eps, eps
 
     def denoiser(self, observation: torch.Tensor) -> Denoiser:
-        """``eps_hat(x_t, t)`` at a fixed observation, for the reverse chain."""
+        """``eps_hat(x_t, t)`` at a fixed observation ``[N, obs_dim]``, for the reverse chain."""
         net = self.score_network
         if isinstance(net, EpsilonNetwork):
             return net.conditioned_on(observation, self.num_steps)
@@ -124,20 +124,23 @@ class DiffusionPolicy(nn.Module):
         ``MEAN``, ``MODE``, none): ``x_T ~ N(0, I)`` and noise at each step, a sample of ``pi``;
         the QSM authors evaluate with such a sample.
         """
-        shape = (*observation.shape[:-1], self.action_dim)
-        steps = self.num_steps
+        batch_shape = observation.shape[:-1]
+        observation = observation.reshape(-1, observation.shape[-1])
+        shape = (observation.shape[0], self.action_dim)
         if interaction_type() == InteractionType.DETERMINISTIC:
-            noise = observation.new_zeros(steps + 1, *shape)
+            x_T, noise = observation.new_zeros(shape), None
         else:
-            noise = torch.randn(steps + 1, *shape, device=observation.device, dtype=observation.dtype)
+            noise = torch.randn(self.num_steps + 1, *shape, device=observation.device, dtype=observation.dtype)
+            x_T, noise = noise[0], noise[1:]
         x = ddpm_sample(
             self.denoiser(observation),
-            noise[0],
-            noise[1:] * self.temperature,
+            x_T,
+            noise,
             self.schedule,
             clip=1.0 if self.clip_sample else None,
+            temperature=self.temperature,
         )
-        return self.denormalize(x)
+        return self.denormalize(x).reshape(*batch_shape, self.action_dim)
 
     def extra_repr(self) -> str:
         return f"action_dim={self.action_dim}, clip_sample={self.clip_sample}, temperature={self.temperature}"
