@@ -25,6 +25,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -131,29 +132,58 @@ def time_updates(fn, batches, device) -> float:
     return (time.perf_counter() - start) / len(batches)
 
 
-class FlopCount(TorchDispatchMode):
-    """Counts the FLOPs of every op torch's flop_counter knows (matmuls, convolutions), forward and backward.
+@dataclass(frozen=True)
+class Operand:
+    shape: torch.Size
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+
+    def make(self, device) -> torch.Tensor:
+        size = 1 + sum((n - 1) * step for n, step in zip(self.shape, self.stride))  # expanded operands share memory
+        return torch.randn(size, device=device).to(self.dtype).as_strided(self.shape, self.stride)
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Records every matmul of one update (forward and backward): op, operand layouts, FLOPs.
 
     (``FlopCounterMode`` itself cannot be used: its module tracker tests TensorDicts for truth.)
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.total = 0
+        self.calls: list[tuple] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         formula = flop_registry.get(func._overloadpacket)
         if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
+            layout = [Operand(a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args]
+            self.calls.append((func, layout, formula(*args, **kwargs, out_val=out)))
         return out
 
 
-def count_flops(fn, batch) -> int:
-    with FlopCount() as counter:
+def record_matmuls(fn, batch) -> list[tuple]:
+    with MatmulRecorder() as recorder:
         fn(batch)
-    return counter.total
+    return recorder.calls
+
+
+def matmul_time(calls: list[tuple], device, repeats: int = 20) -> float:
+    """Seconds the recorded matmuls take replayed alone: same ops, shapes, strides and dtypes.
+
+    This is the update's GEMM-only time, so ``matmul_time / update_time`` is its roofline fraction.
+    """
+    replays = [(func, [a.make(device) if isinstance(a, Operand) else a for a in layout]) for func, layout, _ in calls]
+    for func, args in replays:
+        func(*args)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for func, args in replays:
+            func(*args)
+    sync(device)
+    return (time.perf_counter() - start) / repeats
 
 
 def gemm_throughput(width: int, batch: int, device, dtype=torch.float32, iters: int = 200) -> float:
@@ -215,22 +245,25 @@ def main() -> None:
             for name, (fn, _) in cands.items():
                 times[name].append(time_updates(fn, [b.clone() for b in batches], device))
         median = {name: statistics.median(t) for name, t in times.items()}
-        flops = count_flops(cands["qsm"][0], batches[0].clone())
-        sac_flops = count_flops(cands["sac"][0], batches[0].clone())
-        gemm32 = gemm_throughput(width, args.batch, device)
-        gemm16 = gemm_throughput(width, args.batch, device, torch.bfloat16)
+        matmuls = {name: record_matmuls(cands[name][0], batches[0].clone()) for name in ("qsm", "qsm-bf16", "sac")}
+        flops = {name: sum(call[2] for call in calls) for name, calls in matmuls.items()}
+        gemm_seconds = {name: matmul_time(calls, device) for name, calls in matmuls.items()}
         print(f"  {'candidate':<22}{'ms/update':>10}{'spread':>16}{'updates/s':>11}{'x SAC':>8}")
         for name, t in times.items():
             print(f"  {name:<22}{1e3 * median[name]:>10.2f}{f'{1e3 * min(t):.2f}-{1e3 * max(t):.2f}':>16}"
                   f"{1 / median[name]:>11.1f}{median[name] / median['sac']:>8.2f}")
         print(f"  QSM / SAC time ratio (eager): {median['qsm'] / median['sac']:.2f}; "
               f"fast QSM vs straightforward eager QSM: {median['qsm-reference'] / median['qsm']:.2f}x faster")
-        print(f"  FLOPs per update: QSM {flops / 1e6:.0f} M, SAC {sac_flops / 1e6:.0f} M (QSM/SAC {flops / sac_flops:.2f})")
-        for name, gemm, precision in (("qsm", gemm32, "fp32"), ("qsm-bf16", gemm16, "bf16"), ("qsm-compiled", gemm32, "fp32")):
+        print(f"  FLOPs per update: QSM {flops['qsm'] / 1e6:.0f} M, SAC {flops['sac'] / 1e6:.0f} M "
+              f"(QSM/SAC {flops['qsm'] / flops['sac']:.2f})")
+        print("  roofline: the update's FLOPs / its time, against its own matmuls replayed alone (same shapes, dtypes)")
+        for name, recorded in (("qsm", "qsm"), ("qsm-compiled", "qsm"), ("qsm-bf16", "qsm-bf16"), ("sac", "sac")):
             if name in median:
-                achieved = flops / median[name] / 1e9
-                print(f"  {name}: {achieved:.0f} GFLOP/s; {precision} GEMM [{args.batch}x{width}]x[{width}x{width}] "
-                      f"{gemm:.0f} GFLOP/s; roofline fraction {achieved / gemm:.2f}")
+                achieved, gemm = flops[recorded] / median[name] / 1e9, flops[recorded] / gemm_seconds[recorded] / 1e9
+                print(f"    {name:<14} {achieved:6.0f} GFLOP/s; its matmuls alone {gemm:6.0f} GFLOP/s "
+                      f"({1e3 * gemm_seconds[recorded]:.2f} ms); roofline fraction {achieved / gemm:.2f}")
+        print(f"  (one [{args.batch}x{width}]x[{width}x{width}] GEMM: fp32 {gemm_throughput(width, args.batch, device):.0f}, "
+              f"bf16 {gemm_throughput(width, args.batch, device, torch.bfloat16):.0f} GFLOP/s)")
         print("  acting latency (ms), RANDOM, no grad:")
         for name in ("qsm", "sac", "td3"):
             actor = cands[name][1]
