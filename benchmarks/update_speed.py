@@ -2,22 +2,24 @@
 
     python benchmarks/update_speed.py                      # CPU, widths 256 and 512, eager and compiled
     python benchmarks/update_speed.py --device cuda        # the same on a GPU
-    python benchmarks/update_speed.py --no-compile --widths 256
+    python benchmarks/update_speed.py --compile --widths 256   # eager only
 
 Every candidate runs the full update of its algorithm (all losses, backward, optimizer steps, target
 update) on the same batch shapes (DMC cheetah-run: 17-dim observations, 6-dim actions), timed
 round-robin: each round runs every candidate for ``--iters`` updates; the table gives the median over
 rounds and the spread (min-max). Candidates:
 
-- ``qsm``: torchrl_qsm's QSMLoss + DiffusionActor through the public API, as the training script
-  builds them (T = 5, vp schedule, mish eps-network, ReLU critics, fused Adam where available);
-- ``qsm-bf16``: the same under ``torch.autocast(bfloat16)`` (matmuls in bf16, schedule and losses in fp32);
-- ``qsm-reference``: a straightforward eager QSM update (benchmarks/reference_qsm.py);
-- ``sac``, ``td3``: TorchRL's SACLoss and TD3Loss agents as TorchRL's sota scripts build them.
+- ``qsm``: torchrl_qsm's QSMLoss + DiffusionActor, as the training script builds them
+  (sota-implementations/qsm/agents.py: T = 5, vp schedule, mish eps-network, ReLU critics, fused Adam);
+- ``qsm-bf16``: the same with ``optim.bf16_matmuls`` (autocast: matmuls in bf16, schedule, losses and
+  optimizer in fp32);
+- ``qsm-reference``: a straightforward eager QSM update (benchmarks/reference_qsm.py, plain Adam);
+- ``sac``, ``td3``: TorchRL's SACLoss and TD3Loss agents as TorchRL's sota scripts build them;
+- ``*-compiled``: the same updates under ``torch.compile`` (mode "default" on CPU, "reduce-overhead" on CUDA).
 
-It also prints the FLOPs of one update (torch.utils.flop_counter) divided by its time, next to the
-GEMM throughput this process reaches on the update's largest matmul shape (the roofline fraction),
-and the acting latency of each actor at batch 1 and 16.
+It also prints the FLOPs of one update (matmuls, from torch.utils.flop_counter's formulas) divided by its
+time, against the same matmuls replayed alone (the roofline fraction), and the acting latency of each
+actor at batch 1 and 16.
 """
 from __future__ import annotations
 
@@ -30,19 +32,15 @@ from pathlib import Path
 
 import torch
 from tensordict import TensorDict
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.modules import MLP, ValueOperator
-from torchrl.objectives import SoftUpdate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import make_sac, make_td3  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sota-implementations" / "qsm"))
+from agents import make_qsm_agent, make_sac_agent, make_td3_agent  # noqa: E402
 from reference_qsm import ReferenceQSM  # noqa: E402
-
-from torchrl_qsm import DiffusionActor, EpsilonNetwork, QSMLoss  # noqa: E402
 
 OBS_DIM, ACTION_DIM = 17, 6
 
@@ -62,57 +60,35 @@ def make_batch(batch_size: int, device) -> TensorDict:
     )
 
 
-def adam(params, fused: bool) -> torch.optim.Adam:
-    return torch.optim.Adam([p for p in params if p.requires_grad], lr=3e-4, fused=fused or None)
-
-
-def make_qsm(width: int, device, *, fused: bool, autocast: bool = False, reference: bool = False):
+def candidates(width: int, device, compiled: list[str]) -> dict:
+    """``name: (update, actor)``; every agent as the training script builds it."""
     spec = Bounded(-torch.ones(ACTION_DIM), torch.ones(ACTION_DIM), (ACTION_DIM,), device=device)
-    actor = DiffusionActor(ACTION_DIM, OBS_DIM, EpsilonNetwork(ACTION_DIM, OBS_DIM, hidden_sizes=(width, width)), spec=spec).to(device)
-    critic = ValueOperator(MLP(OBS_DIM + ACTION_DIM, 1, num_cells=[width, width], activation_class=nn.ReLU, device=device), in_keys=["observation", "action"])
-    loss = QSMLoss(actor, critic)
-    loss.make_value_estimator(gamma=0.99)
-    updater = SoftUpdate(loss, tau=0.005)
-    actor_optim = adam(loss.actor_network_params.values(True, True), fused)
-    critic_optim = adam(loss.qvalue_network_params.values(True, True), fused)
-    reference_losses = ReferenceQSM(loss).losses if reference else None
+    options = dict(hidden_sizes=(width, width), device=device)
+    qsm = make_qsm_agent(OBS_DIM, spec, **options)
+    reference = make_qsm_agent(OBS_DIM, spec, fused_adam=False, **options)
+    reference_losses = ReferenceQSM(reference.loss).losses
+    optimizers = [reference.stateful["actor_optim"], reference.stateful["critic_optim"]]
 
-    def update(batch: TensorDict) -> TensorDict:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            if reference_losses is None:
-                out = loss(batch)
-                loss_actor, loss_qvalue = out["loss_actor"], out["loss_qvalue"]
-            else:
-                loss_actor, loss_qvalue = reference_losses(batch)
+    def reference_update(batch: TensorDict) -> TensorDict:
+        loss_actor, loss_qvalue = reference_losses(batch)
         (loss_actor + loss_qvalue).backward()
-        actor_optim.step()
-        critic_optim.step()
-        actor_optim.zero_grad(set_to_none=True)
-        critic_optim.zero_grad(set_to_none=True)
-        updater.step()
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        reference.stateful["target_updater"].step()
         return TensorDict(loss_actor=loss_actor.detach(), loss_qvalue=loss_qvalue.detach())
 
-    return update, actor
-
-
-def candidates(width: int, device, compile_: bool, fused: bool) -> dict:
-    spec = Bounded(-torch.ones(ACTION_DIM), torch.ones(ACTION_DIM), (ACTION_DIM,), device=device)
-    sac, td3 = make_sac(OBS_DIM, spec, (width, width), device=device), make_td3(OBS_DIM, spec, (width, width), device=device)
-    qsm, qsm_actor = make_qsm(width, device, fused=fused)
-    qsm_bf16, _ = make_qsm(width, device, fused=fused, autocast=True)
-    reference, _ = make_qsm(width, device, fused=False, reference=True)
+    sac, td3 = make_sac_agent(OBS_DIM, spec, **options), make_td3_agent(OBS_DIM, spec, **options)
     out = {
-        "qsm": (qsm, qsm_actor),
-        "qsm-bf16": (qsm_bf16, None),
-        "qsm-reference": (reference, None),
+        "qsm": (qsm.update, qsm.policy),
+        "qsm-bf16": (make_qsm_agent(OBS_DIM, spec, bf16_matmuls=True, **options).update, None),
+        "qsm-reference": (reference_update, None),
         "sac": (sac.update, sac.policy),
         "td3": (td3.update, td3.policy),
     }
-    if compile_:
-        mode = "reduce-overhead" if device.type == "cuda" else "default"
-        for name in ("qsm", "sac", "td3"):
-            update, actor = out[name]
-            out[f"{name}-compiled"] = (torch.compile(update, mode=mode), None)
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    for name in compiled:
+        out[f"{name}-compiled"] = (torch.compile(out[name][0], mode=mode), None)
     return out
 
 
@@ -219,19 +195,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=40)
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile", nargs="*", default=["qsm", "qsm-bf16", "sac", "td3"], metavar="NAME",
+                        help="candidates to also time under torch.compile (none: --compile with no name)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    fused = True  # fused Adam has CPU and CUDA kernels since torch 2.4
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch}, "
-          f"rounds {args.rounds} x {args.iters} updates, fused Adam {fused}")
+          f"rounds {args.rounds} x {args.iters} updates")
     if device.type == "cuda":
         print(torch.cuda.get_device_name())
 
     for width in args.widths:
         print(f"\n=== widths {width}x{width} ===")
-        cands = candidates(width, device, not args.no_compile, fused)
+        cands = candidates(width, device, args.compile)
         batches = [make_batch(args.batch, device) for _ in range(args.iters)]
         warm = time.perf_counter()
         for name, (fn, _) in cands.items():  # warm-up (and compile)
@@ -257,7 +233,8 @@ def main() -> None:
         print(f"  FLOPs per update: QSM {flops['qsm'] / 1e6:.0f} M, SAC {flops['sac'] / 1e6:.0f} M "
               f"(QSM/SAC {flops['qsm'] / flops['sac']:.2f})")
         print("  roofline: the update's FLOPs / its time, against its own matmuls replayed alone (same shapes, dtypes)")
-        for name, recorded in (("qsm", "qsm"), ("qsm-compiled", "qsm"), ("qsm-bf16", "qsm-bf16"), ("sac", "sac")):
+        for name, recorded in (("qsm", "qsm"), ("qsm-compiled", "qsm"), ("qsm-bf16", "qsm-bf16"),
+                               ("qsm-bf16-compiled", "qsm-bf16"), ("sac", "sac"), ("sac-compiled", "sac")):
             if name in median:
                 achieved, gemm = flops[recorded] / median[name] / 1e9, flops[recorded] / gemm_seconds[recorded] / 1e9
                 print(f"    {name:<14} {achieved:6.0f} GFLOP/s; its matmuls alone {gemm:6.0f} GFLOP/s "

@@ -66,6 +66,13 @@ def test_trains_on_dm_control_and_writes_the_results_folder(tmp_path):
     assert "frame/s" in done.stderr  # the tqdm progress bar
 
 
+@pytest.mark.parametrize("algorithm", ["sac", "td3"])
+def test_runs_torchrl_baselines_through_the_same_loop(tmp_path, algorithm):
+    done = run_script(tmp_path, f"algorithm={algorithm}")
+    assert_results(tmp_path, final_frame=200)
+    assert done.stdout.startswith(algorithm.upper()) or f"{algorithm.upper()} on cartpole-swingup" in done.stdout
+
+
 def test_trains_with_two_collector_processes(tmp_path):
     run_script(tmp_path, "collector.num_envs=2")
     assert_results(tmp_path, final_frame=200)
@@ -137,6 +144,7 @@ def compose_config(*overrides: str):
         (["collector.init_random_frames=2000", "collector.total_frames=1000"], "init_random_frames must not exceed"),
         (["device=cuda:7"] if not torch.cuda.is_available() else ["device=cuda:999"], "device='cuda"),
         (["eval.mode=greedy"], "eval.mode must be"),
+        (["algorithm=ppo"], "algorithm must be one of"),
     ],
 )
 def test_bad_configuration_is_refused_naming_the_field(overrides, message):

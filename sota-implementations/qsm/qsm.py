@@ -25,7 +25,6 @@ import torch
 import tqdm
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from tensordict import TensorDict
 from torchrl._utils import compile_with_warmup, timeit
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
@@ -36,9 +35,8 @@ from utils import (
     make_collector,
     make_eval_env,
     make_logger,
-    make_loss_module,
-    make_optimizer,
     make_replay_buffer,
+    mean_metrics,
     resolve_device,
     Results,
     rng_state,
@@ -56,7 +54,7 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     folder = Path(HydraConfig.get().runtime.output_dir)
     OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
-    print(f"QSM on {cfg.env.domain}-{cfg.env.task}, device {device}; results in {folder}", flush=True)
+    print(f"{cfg.algorithm.upper()} on {cfg.env.domain}-{cfg.env.task}, device {device}; results in {folder}", flush=True)
 
     torch.manual_seed(cfg.env.seed)
     np.random.seed(cfg.env.seed)
@@ -64,17 +62,9 @@ def main(cfg: DictConfig) -> None:
 
     logger = make_logger(cfg, folder)
     eval_env = make_eval_env(cfg, logger)
-    actor, critic, exploration_policy = make_agent(cfg, eval_env, device)
-    loss_module, target_updater = make_loss_module(cfg, actor, critic)
-    actor_optim, critic_optim, scheduler = make_optimizer(cfg, loss_module)
+    agent = make_agent(cfg, eval_env, device)
     replay_buffer = make_replay_buffer(cfg, device)
-    state = {
-        "loss": loss_module,
-        "actor_optim": actor_optim,
-        "critic_optim": critic_optim,
-        "scheduler": scheduler,
-        "target_updater": target_updater,
-    }
+    state = dict(agent.stateful)
     if cfg.checkpoint.save_replay_buffer:
         state["replay_buffer"] = replay_buffer
 
@@ -99,16 +89,7 @@ def main(cfg: DictConfig) -> None:
         save_checkpoint(path, saved)
         return path
 
-    def update(batch: TensorDict) -> TensorDict:
-        loss_td = loss_module(batch)
-        (loss_td["loss_actor"] + loss_td["loss_qvalue"]).backward()
-        actor_optim.step()
-        critic_optim.step()
-        actor_optim.zero_grad(set_to_none=True)
-        critic_optim.zero_grad(set_to_none=True)
-        target_updater.step()
-        return loss_td.detach()
-
+    update = agent.update
     if cfg.compile.compile:
         mode = cfg.compile.mode or ("reduce-overhead" if device.type == "cuda" else "default")
         update = compile_with_warmup(update, mode=mode, warmup=1)
@@ -118,15 +99,18 @@ def main(cfg: DictConfig) -> None:
     collector = None
     if frames < total_frames:
         collector = make_collector(
-            cfg, exploration_policy, total_frames - frames, max(0, init_random_frames - frames), device
+            cfg, agent.exploration_policy, total_frames - frames, max(0, init_random_frames - frames), device
         )
-    low, high = loss_module.min_action, loss_module.max_action
-    eval_mode = ExplorationType.RANDOM if cfg.eval.mode == "stochastic" else ExplorationType.DETERMINISTIC
+    action_spec = eval_env.action_spec_unbatched.to(device)
+    low, high = action_spec.space.low, action_spec.space.high
+    eval_mode = agent.eval_exploration
+    if cfg.algorithm == "qsm" and cfg.eval.mode == "deterministic":
+        eval_mode = ExplorationType.DETERMINISTIC
 
     def evaluate() -> None:
         with set_exploration_type(eval_mode), torch.no_grad(), timeit("eval"):
             rollout = eval_env.rollout(
-                cfg.env.max_episode_steps, actor, auto_cast_to_device=True, break_when_any_done=True
+                cfg.env.max_episode_steps, agent.policy, auto_cast_to_device=True, break_when_any_done=True
             )
         returns = rollout["next", "reward"].sum(-2).squeeze(-1)
         edges = edge_fraction(rollout["action"].to(low.device), low, high).item()
@@ -152,18 +136,18 @@ def main(cfg: DictConfig) -> None:
             with timeit("rb - extend"):
                 replay_buffer.extend(batch.reshape(-1))
             frames += batch.numel()
-            metrics = None
+            metrics = []
             if frames >= init_random_frames:
                 update_credit += batch.numel() * cfg.optim.utd_ratio
                 num_updates, update_credit = int(update_credit), update_credit - int(update_credit)
-                metrics = TensorDict(batch_size=[num_updates], device=device)
-                for i in range(num_updates):
+                for _ in range(num_updates):
                     with timeit("rb - sample"):
                         sample = replay_buffer.sample()
                     with timeit("update"):
                         torch.compiler.cudagraph_mark_step_begin()
-                        metrics[i] = update(sample).clone()
-                        scheduler.step()
+                        metrics.append(update(sample).clone())
+                        for scheduler in agent.schedulers:
+                            scheduler.step()
                     if cfg.replay_buffer.prb:
                         replay_buffer.update_priority(sample)
                 updates += num_updates
@@ -184,9 +168,8 @@ def main(cfg: DictConfig) -> None:
             pbar.update(batch.numel())
             pbar.set_postfix(train_return=f"{last_train:.1f}", eval_return=f"{last_eval:.1f}", updates=updates)
             if logger is not None:
-                scalars = {"train/return": last_train, "train/actor_lr": scheduler.get_last_lr()[0]}
-                if metrics is not None and metrics.numel():
-                    scalars.update({f"train/{k}": v.item() for k, v in metrics.mean().items()})
+                scalars = {"train/return": last_train}
+                scalars.update({f"train/{key}": value for key, value in mean_metrics(metrics).items()})
                 scalars.update(timeit.todict(prefix="time"))
                 for name, value in scalars.items():
                     logger.log_scalar(name, value, step=frames)
@@ -199,7 +182,7 @@ def main(cfg: DictConfig) -> None:
     if collector is not None:
         collector.shutdown()
     path = checkpoint()
-    figure = results.plot(f"QSM {cfg.env.domain}-{cfg.env.task}")
+    figure = results.plot(f"{cfg.algorithm.upper()} {cfg.env.domain}-{cfg.env.task}")
     eval_env.close()
     print(f"Done: {frames} frames, {updates} updates. Results: {folder / 'returns.csv'}, {figure}, {path}", flush=True)
 

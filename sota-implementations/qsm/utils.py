@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import functools
 import importlib.util
-import math
 import os
 import random
 import warnings
@@ -14,7 +13,6 @@ import numpy as np
 import torch
 from dm_control import suite
 from omegaconf import DictConfig, OmegaConf
-from tensordict.nn import TensorDictSequential
 from torch import nn
 from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, TensorDictPrioritizedReplayBuffer, TensorDictReplayBuffer
@@ -31,12 +29,10 @@ from torchrl.envs import (
     TransformedEnv,
 )
 from torchrl.envs.utils import ExplorationType
-from torchrl.modules import AdditiveGaussianModule, MLP, ValueOperator
-from torchrl.objectives import SoftUpdate
 from torchrl.record import VideoRecorder
 from torchrl.record.loggers import CSVLogger, generate_exp_name, get_logger
 
-from torchrl_qsm import DiffusionActor, EpsilonNetwork, QSMLoss
+from agents import Agent, ALGORITHMS, make_qsm_agent, make_sac_agent, make_td3_agent
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -60,6 +56,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"presets: {sorted(p.stem for p in (Path(__file__).parent / 'env').glob('*.yaml'))}."
         )
     checks = [
+        (cfg.algorithm in ALGORITHMS, f"algorithm must be one of {ALGORITHMS}"),
         (cfg.diffusion.alpha > 0, "diffusion.alpha (the scale of grad_a Q) must be > 0"),
         (isinstance(cfg.diffusion.num_steps, int) and cfg.diffusion.num_steps >= 1, "diffusion.num_steps (T) must be an integer >= 1"),
         (cfg.optim.batch_size <= cfg.replay_buffer.size, "optim.batch_size must not exceed replay_buffer.size"),
@@ -157,80 +154,40 @@ def make_eval_env(cfg: DictConfig, logger=None) -> EnvBase:
     return env
 
 
-# --- agent -----------------------------------------------------------------------------------------
-def make_agent(cfg: DictConfig, env: EnvBase, device: torch.device) -> tuple[DiffusionActor, ValueOperator, TensorDictSequential]:
-    """The diffusion actor, one critic (QSMLoss makes the twin) and the exploration policy."""
+# --- agent ---------------------------------------------------------------------------------------
+def make_agent(cfg: DictConfig, env: EnvBase, device: torch.device) -> Agent:
+    """The configured algorithm (``algorithm``: qsm, or TorchRL's sac / td3 as baselines)."""
     action_spec = env.action_spec_unbatched.to(device)
     obs_dim = env.observation_spec_unbatched["observation"].shape[-1]
-    action_dim = action_spec.shape[-1]
-    net = cfg.network
-    eps_network = EpsilonNetwork(
-        action_dim,
+    common = dict(
+        hidden_sizes=tuple(cfg.network.hidden_sizes), gamma=cfg.optim.gamma, tau=cfg.optim.tau, lr=cfg.optim.lr,
+        fused_adam=cfg.optim.fused_adam, device=device,
+    )
+    if cfg.algorithm == "sac":
+        return make_sac_agent(obs_dim, action_spec, **common)
+    if cfg.algorithm == "td3":
+        return make_td3_agent(obs_dim, action_spec, exploration_std=cfg.diffusion.exploration_std, **common)
+    net, d = cfg.network, cfg.diffusion
+    return make_qsm_agent(
         obs_dim,
-        hidden_sizes=tuple(net.hidden_sizes),
-        activation=getattr(nn, net.actor_activation),
+        action_spec,
+        actor_activation=getattr(nn, net.actor_activation) if net.actor_activation else None,
+        critic_activation=getattr(nn, net.critic_activation),
         layer_norm=net.layer_norm,
         time_embedding=net.time_embedding,
-    )
-    actor = DiffusionActor(
-        action_dim,
-        obs_dim,
-        eps_network,
-        num_steps=cfg.diffusion.num_steps,
-        spec=action_spec,
-        schedule=cfg.diffusion.schedule,
-        temperature=cfg.diffusion.temperature,
-    ).to(device)
-    critic = ValueOperator(
-        MLP(
-            obs_dim + action_dim,
-            1,
-            num_cells=list(net.hidden_sizes),
-            activation_class=getattr(nn, net.critic_activation),
-            device=device,
-        ),
-        in_keys=["observation", "action"],
-    )
-    exploration = TensorDictSequential(
-        actor,
-        AdditiveGaussianModule(
-            action_spec, sigma_init=cfg.diffusion.exploration_std, sigma_end=cfg.diffusion.exploration_std, device=device
-        ),
-    )
-    return actor, critic, exploration
-
-
-def make_loss_module(cfg: DictConfig, actor: DiffusionActor, critic: ValueOperator) -> tuple[QSMLoss, SoftUpdate]:
-    d = cfg.diffusion
-    loss = QSMLoss(
-        actor,
-        critic,
+        num_steps=d.num_steps,
+        schedule=d.schedule,
+        temperature=d.temperature,
         alpha=d.alpha,
         grad_at=d.grad_at,
         critic_reduction=d.critic_reduction,
         normalize_grad=d.normalize_grad,
         policy_noise=d.policy_noise,
+        exploration_std=d.exploration_std,
+        actor_lr_decay_updates=cfg.optim.actor_lr_decay_updates,
+        bf16_matmuls=cfg.optim.bf16_matmuls,
+        **common,
     )
-    loss.make_value_estimator(gamma=cfg.optim.gamma)
-    return loss, SoftUpdate(loss, tau=cfg.optim.tau)
-
-
-def make_optimizer(cfg: DictConfig, loss: QSMLoss):
-    """Adam for the actor and for the critics, and the actor's cosine learning-rate decay."""
-    actor_params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
-    critic_params = [p for p in loss.qvalue_network_params.values(True, True) if p.requires_grad]
-    actor_optim = torch.optim.Adam(actor_params, lr=cfg.optim.lr)
-    critic_optim = torch.optim.Adam(critic_params, lr=cfg.optim.lr)
-    decay = cfg.optim.actor_lr_decay_updates
-    scheduler = torch.optim.lr_scheduler.LambdaLR(actor_optim, functools.partial(_cosine, decay))
-    return actor_optim, critic_optim, scheduler
-
-
-def _cosine(horizon: int, step: int) -> float:
-    """``0.5 (1 + cos(pi min(step, horizon) / horizon))``: 1 -> 0 over ``horizon`` steps (1 if horizon is 0)."""
-    if horizon <= 0:
-        return 1.0
-    return 0.5 * (1 + math.cos(math.pi * min(step, horizon) / horizon))
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -261,6 +218,12 @@ def make_replay_buffer(cfg: DictConfig, device: torch.device):
     if cfg.replay_buffer.prb:
         return TensorDictPrioritizedReplayBuffer(alpha=0.7, beta=0.5, **common)
     return TensorDictReplayBuffer(**common)
+
+
+def mean_metrics(metrics: list) -> dict[str, float]:
+    """The mean of each metric over the updates of one collection batch (keys may vary between updates)."""
+    keys = dict.fromkeys(key for m in metrics for key in m.keys())
+    return {key: torch.stack([m[key] for m in metrics if key in m.keys()]).float().mean().item() for key in keys}
 
 
 # --- results ---------------------------------------------------------------------------------------

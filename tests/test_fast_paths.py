@@ -1,0 +1,60 @@
+"""Each speed option keeps the numbers of the plain path (tolerances stated per test)."""
+import pytest
+import torch
+from torchrl.objectives import SoftUpdate
+
+from conftest import make_actor, make_batch, make_critic
+from torchrl_qsm import QSMLoss
+
+
+def make_loss(**kwargs):
+    loss = QSMLoss(make_actor(hidden_sizes=(64, 64)), make_critic(), **kwargs)
+    loss.make_value_estimator(gamma=0.99)
+    SoftUpdate(loss, tau=0.005)
+    return loss
+
+
+def test_the_whole_loss_traces_as_one_graph_and_gives_the_eager_numbers():
+    # fullgraph=True fails on any graph break: the chain, torch.func.grad through the vmapped
+    # critics and the value estimator all trace; the eager backend checks the trace cheaply.
+    loss = make_loss()
+    batch = make_batch((32,))
+    torch.manual_seed(1)
+    eager = loss(batch.clone())
+    torch.manual_seed(1)
+    traced = torch.compile(loss, fullgraph=True, backend="eager")(batch.clone())
+    for key in ("loss_actor", "loss_qvalue"):
+        torch.testing.assert_close(traced[key], eager[key], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_matmuls_keep_the_losses_within_two_percent():
+    # bfloat16 has 8 bits of mantissa; the schedule, the losses' reductions and the optimizer stay fp32
+    loss = make_loss()
+    batch = make_batch((256,))
+    torch.manual_seed(2)
+    fp32 = loss(batch.clone())
+    torch.manual_seed(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = loss(batch.clone())
+    for key in ("loss_actor", "loss_qvalue"):
+        assert bf16[key].dtype == torch.float32
+        assert bf16[key].item() == pytest.approx(fp32[key].item(), rel=0.02), key
+
+
+def test_fused_adam_takes_the_same_steps_as_the_loop_adam():
+    batch = make_batch((64,))
+    losses = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        loss = make_loss()
+        params = [p for p in loss.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=torch.tensor(1e-3), fused=fused or None)
+        for step in range(3):
+            torch.manual_seed(10 + step)
+            out = loss(batch.clone())
+            (out["loss_actor"] + out["loss_qvalue"]).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        losses.append(params)
+    for plain, fused in zip(*losses):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
