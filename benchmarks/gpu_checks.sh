@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU checks, as one prepared script for a lent GPU machine (benchmarks/README.md, "GPU").
+#
+#   bash benchmarks/gpu_checks.sh            # DEVICE=cuda; results under $OUT (default gpu_out/)
+#   DEVICE=cpu FRAMES=600 bash benchmarks/gpu_checks.sh   # a dry run of the same steps on a CPU
+#
+# Where the machine lacks our dependencies, wheels carried in .whl/ are installed to /tmp/site first.
+# Each step has its own time limit and log; a failing step does not stop the others.
+set -u
+OUT=${OUT:-gpu_out}
+DEVICE=${DEVICE:-cuda}
+FRAMES=${FRAMES:-4000}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
+  python3 -c "import sys, torch, torchrl, tensordict; print(sys.version.split()[0], 'torch', torch.__version__, 'torchrl', torchrl.__version__, 'tensordict', tensordict.__version__)"
+} > "$OUT/steps.txt" 2>&1
+
+step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, logs to $OUT/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/steps.txt"
+}
+
+step update_speed 200 bash -c "python3 benchmarks/update_speed.py --device $DEVICE --widths 256 512 --compile \
+  && python3 benchmarks/update_speed.py --device $DEVICE --widths 256 --compile qsm sac"
+train() {  # train NAME SECONDS OVERRIDES...: a short training run of qsm.py; keeps its returns.csv
+  local name=$1
+  shift
+  local limit=$1
+  shift
+  step "$name" "$limit" python3 sota-implementations/qsm/qsm.py device="$DEVICE" env=cheetah_run \
+    collector.total_frames="$FRAMES" collector.init_random_frames=1000 eval.interval="$FRAMES" eval.episodes=2 \
+    logger.backend= hydra.run.dir="/tmp/gpu_checks/$name" "$@"
+  cp "/tmp/gpu_checks/$name/returns.csv" "$OUT/$name.csv" 2>/dev/null
+}
+train train_qsm 110
+train train_qsm_compiled 170 compile.compile=true
+train train_sac 90 algorithm=sac

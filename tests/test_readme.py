@@ -1,0 +1,38 @@
+"""The README's example runs as written, and CI runs the README's test command."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+@pytest.mark.slow
+def test_the_hand_written_loop_runs_as_written(tmp_path):
+    (example,) = [block for block in python_blocks() if "QSMLoss(actor, critic" in block]
+    script = tmp_path / "example.py"
+    script.write_text(example)
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert re.search(r"eval return -?\d+\.\d", done.stdout)
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = re.findall(r"```bash\n(.*?)```", README, flags=re.S)[0]
+    test_line = [line for line in commands.splitlines() if "pytest" in line][0]
+    test_command = test_line.split("&&")[-1].strip()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command in ci.splitlines()
+    for install in test_line.split("&&")[:-1]:
+        assert install.strip().replace("pip install", "python -m pip install") in ci
