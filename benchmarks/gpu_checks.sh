@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_checks.sh            # DEVICE=cuda; results under $OUT (default gpu_out/)
 #   DEVICE=cpu FRAMES=600 bash benchmarks/gpu_checks.sh   # a dry run of the same steps on a CPU
+#   SKIP="train_sac" bash benchmarks/gpu_checks.sh         # leave steps out
 #
 # Where the machine lacks our dependencies, wheels carried in .whl/ are installed to /tmp/site first.
 # Each step has its own time limit and log; a failing step does not stop the others.
@@ -15,7 +16,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+# physics only unless asked: without EGL's library, MUJOCO_GL=egl fails at import
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-disable}
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
   python3 -c "import sys, torch, torchrl, tensordict; print(sys.version.split()[0], 'torch', torch.__version__, 'torchrl', torchrl.__version__, 'tensordict', tensordict.__version__)"
@@ -24,12 +26,13 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 MUJOCO_GL
 step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, logs to $OUT/NAME.log
   local name=$1 limit=$2
   shift 2
+  [[ " ${SKIP:-} " == *" $name "* ]] && return  # SKIP="name ...": steps to leave out
   local start=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/steps.txt"
 }
 
-step update_speed 200 bash -c "python3 benchmarks/update_speed.py --device $DEVICE --widths 256 512 --compile \
+step update_speed 170 bash -c "python3 benchmarks/update_speed.py --device $DEVICE --widths 256 512 --compile \
   && python3 benchmarks/update_speed.py --device $DEVICE --widths 256 --compile qsm sac"
 train() {  # train NAME SECONDS OVERRIDES...: a short training run of qsm.py; keeps its returns.csv
   local name=$1

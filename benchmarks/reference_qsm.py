@@ -45,7 +45,7 @@ class ReferenceQSM:
     def chain_sample(self, observation: torch.Tensor) -> torch.Tensor:
         policy, schedule = self.policy, self.policy.schedule
         T = policy.num_steps
-        noise = torch.randn(T + 1, *observation.shape[:-1], policy.action_dim)
+        noise = torch.randn(T + 1, *observation.shape[:-1], policy.action_dim, device=observation.device)
         x = noise[0]
         for t in reversed(range(T)):
             step = torch.full_like(observation[..., :1], t)
@@ -74,7 +74,7 @@ class ReferenceQSM:
         loss_qvalue = sum(((self.q(p, observation, action) - y) ** 2).mean() for p in online)
 
         # actor: eps_theta(a_t, s, t) regressed on -alpha * mean_i grad_a Q_i(s, a_t)
-        t = torch.randint(0, policy.num_steps, action.shape[:-1])
+        t = torch.randint(0, policy.num_steps, action.shape[:-1], device=action.device)
         alpha_bar = policy.schedule.alphas_cumprod[t].unsqueeze(-1)
         x0 = policy.normalize(action)
         noised = alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * torch.randn_like(x0)

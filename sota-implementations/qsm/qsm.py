@@ -10,14 +10,17 @@ the logger's files. The factories live in utils.py.
 """
 from __future__ import annotations
 
+import ctypes.util
 import math
 import os
 import random
 import sys
 from pathlib import Path
 
-if "DISPLAY" not in os.environ:
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless: no GLFW warning; EGL renders videos on GPU machines
+if "DISPLAY" not in os.environ and "MUJOCO_GL" not in os.environ:
+    # Headless: render eval videos with EGL where its library exists; otherwise physics only (MuJoCo's
+    # default, GLFW, warns without a display and can fail to import).
+    os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "disable"
 
 import hydra
 import numpy as np

@@ -147,7 +147,7 @@ def rendering_available(cfg: DictConfig) -> bool:
 def make_eval_env(cfg: DictConfig, logger=None) -> EnvBase:
     """``eval.episodes`` copies of the task stepped together, so the actor sees one batch per step."""
     video = bool(cfg.eval.video) and logger is not None and rendering_available(cfg)
-    env = SerialEnv(cfg.eval.episodes, env_maker(cfg, from_pixels=video))
+    env = SerialEnv(cfg.eval.episodes, env_maker(cfg, from_pixels=video), device="cpu")  # physics on CPU
     if video:
         env = TransformedEnv(env, VideoRecorder(logger, tag="eval/video", in_keys=["pixels"]))
     env.set_seed(cfg.env.seed + 10_000)
