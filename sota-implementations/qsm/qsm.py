@@ -15,6 +15,7 @@ import math
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 if "DISPLAY" not in os.environ and "MUJOCO_GL" not in os.environ:
@@ -71,13 +72,14 @@ def main(cfg: DictConfig) -> None:
     if cfg.checkpoint.save_replay_buffer:
         state["replay_buffer"] = replay_buffer
 
-    frames, updates, update_credit, results = 0, 0, 0.0, Results(folder)
+    frames, updates, update_credit, results, wall_offset = 0, 0, 0.0, Results(folder), 0.0
     if cfg.checkpoint.resume:
         saved = load_checkpoint(cfg.checkpoint.resume, device)
         for name, component in state.items():
             if name in saved:
                 component.load_state_dict(saved[name])
         frames, updates, update_credit = saved["frames"], saved["updates"], saved["update_credit"]
+        wall_offset = saved["wall_time"]
         results = Results(folder, saved["results"])
         set_rng_state(saved["rng"])
         print(f"Resumed from {cfg.checkpoint.resume} at frame {frames} ({updates} updates).", flush=True)
@@ -87,10 +89,17 @@ def main(cfg: DictConfig) -> None:
         saved = {name: component.state_dict() for name, component in state.items()}
         saved.update(
             frames=frames, updates=updates, update_credit=update_credit, results=results.rows, rng=rng_state(),
+            wall_time=wall_time(),
             config=OmegaConf.to_container(cfg, resolve=True),
         )
         save_checkpoint(path, saved)
         return path
+
+    start = time.perf_counter()
+
+    def wall_time() -> float:
+        """Seconds of training so far, across resumes."""
+        return round(wall_offset + time.perf_counter() - start, 3)
 
     update = agent.update
     if cfg.compile.compile:
@@ -118,7 +127,7 @@ def main(cfg: DictConfig) -> None:
         returns = rollout["next", "reward"].sum(-2).squeeze(-1)
         edges = edge_fraction(rollout["action"].to(low.device), low, high).item()
         results.add(
-            frame=frames, wall_time=round(timeit.todict().get("eval", 0.0), 3),
+            frame=frames, wall_time=wall_time(),
             eval_return=returns.mean().item(), eval_return_std=returns.std().item(), eval_edge_fraction=edges,
         )
         tqdm.tqdm.write(
@@ -158,7 +167,7 @@ def main(cfg: DictConfig) -> None:
 
             episode_end = batch["next", "done"].squeeze(-1)
             for episode_return in batch["next", "episode_reward"][episode_end].flatten().tolist():
-                results.add(frame=frames, wall_time=round(pbar.format_dict["elapsed"], 3), train_return=episode_return)
+                results.add(frame=frames, wall_time=wall_time(), train_return=episode_return)
                 last_train = episode_return
             if frames >= next_eval or frames >= total_frames:
                 evaluate()
