@@ -178,3 +178,17 @@ def test_gradients_flow_through_the_whole_chain_to_every_parameter():
     with set_exploration_type(ExplorationType.RANDOM):
         actor(observations((16,)))["action"].pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.parameters())
+
+
+def test_sample_chain_and_its_log_probability_give_a_policy_gradient():
+    actor = make_actor(num_steps=4)
+    policy = actor.module
+    obs = torch.randn(32, OBS_DIM)
+    with set_exploration_type(ExplorationType.RANDOM):
+        action, chain = policy.sample_chain(obs)
+    assert action.shape == (32, ACTION_DIM) and chain.shape == (5, 32, ACTION_DIM)
+    torch.testing.assert_close(policy.normalize(action), chain[-1].clamp(-1, 1))
+    log_prob = policy.chain_log_prob(obs, chain)
+    assert log_prob.shape == (32,) and torch.isfinite(log_prob).all()
+    (-(log_prob * torch.randn(32)).mean()).backward()  # a REINFORCE-style surrogate
+    assert all(p.grad is not None for p in actor.module.score_network.body.parameters())

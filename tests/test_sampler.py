@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from torchrl_qsm import ddpm_sample, NoiseSchedule
+from torchrl_qsm import chain_log_prob, ddpm_sample, NoiseSchedule
 
 
 def exact_eps_of_gaussian(schedule, mean, std):
@@ -66,3 +66,27 @@ def test_no_noise_equals_zero_noise_and_temperature_scales_the_noise():
         ddpm_sample(denoise, x_T, z, schedule, temperature=0.5, clip=None),
         ddpm_sample(denoise, x_T, 0.5 * z, schedule, clip=None),
     )
+
+
+def test_chain_log_prob_is_the_sum_of_the_gaussian_steps_computed_directly():
+    # paper eq. 9: log pi(chain) = sum over stochastic steps of log N(x_{t-1}; mean_theta(x_t, t), sigma_t^2 I)
+    T, temperature = 5, 0.7
+    schedule = NoiseSchedule(T)
+    weight = torch.randn(2, 2) * 0.5
+    denoise = lambda x, t: x @ weight + 0.1 * t  # noqa: E731
+    x_T, z = torch.randn(6, 2), torch.randn(T, 6, 2)
+    chain: list = []
+    x_0 = ddpm_sample(denoise, x_T, z, schedule, temperature=temperature, chain=chain)
+    assert len(chain) == T
+    torch.testing.assert_close(x_0, chain[-1].clamp(-1, 1))
+
+    expected = torch.zeros(6)
+    x = x_T
+    for state, t in zip(chain, reversed(range(T))):
+        alpha, alpha_bar, beta = schedule.alphas[t], schedule.alphas_cumprod[t], schedule.betas[t]
+        if t > 0:  # the last step adds no noise and has no density
+            mean = (x - (1 - alpha) / (1 - alpha_bar).sqrt() * denoise(x, t)) / alpha.sqrt()
+            expected += torch.distributions.Normal(mean, temperature * beta.sqrt()).log_prob(state).sum(-1)
+        x = state.clamp(-1, 1)
+    actual = chain_log_prob(denoise, x_T, chain, schedule, temperature=temperature)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-4)

@@ -1,6 +1,7 @@
 """Q-score matching (QSM) for TorchRL: a diffusion-model policy trained by matching grad_a Q."""
 from torchrl_qsm.diagnostics import edge_fraction
 from torchrl_qsm.diffusion import (
+    chain_log_prob,
     ddpm_sample,
     EpsilonNetwork,
     FourierFeatures,
@@ -23,6 +24,7 @@ __all__ = [
     "QSMLoss",
     "SinusoidalFeatures",
     "__version__",
+    "chain_log_prob",
     "ddpm_sample",
     "edge_fraction",
 ]

@@ -2,7 +2,7 @@
 from torchrl_qsm.diffusion.activations import Mish
 from torchrl_qsm.diffusion.embeddings import FourierFeatures, SinusoidalFeatures
 from torchrl_qsm.diffusion.networks import EpsilonNetwork
-from torchrl_qsm.diffusion.sampler import ddpm_sample
+from torchrl_qsm.diffusion.sampler import chain_log_prob, ddpm_sample
 from torchrl_qsm.diffusion.schedules import NoiseSchedule
 
-__all__ = ["EpsilonNetwork", "Mish", "FourierFeatures", "NoiseSchedule", "SinusoidalFeatures", "ddpm_sample"]
+__all__ = ["EpsilonNetwork", "Mish", "FourierFeatures", "NoiseSchedule", "SinusoidalFeatures", "chain_log_prob", "ddpm_sample"]

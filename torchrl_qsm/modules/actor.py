@@ -11,7 +11,7 @@ from torchrl.data import Bounded, Composite, TensorSpec
 from torchrl.modules import SafeModule
 
 from torchrl_qsm.diffusion.networks import Denoiser, EpsilonNetwork
-from torchrl_qsm.diffusion.sampler import ddpm_sample
+from torchrl_qsm.diffusion.sampler import chain_log_prob, ddpm_sample
 from torchrl_qsm.diffusion.schedules import NoiseSchedule, ScheduleName
 
 
@@ -126,21 +126,42 @@ class DiffusionPolicy(nn.Module):
         """
         batch_shape = observation.shape[:-1]
         observation = observation.reshape(-1, observation.shape[-1])
+        x_T, noise = self._latents(observation)
+        x = ddpm_sample(self.denoiser(observation), x_T, noise, self.schedule, **self._sampler_options)
+        return self.denormalize(x).reshape(*batch_shape, self.action_dim)
+
+    @property
+    def _sampler_options(self) -> dict:
+        return {"clip": 1.0 if self.clip_sample else None, "temperature": self.temperature}
+
+    def _latents(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x_T`` and the step noises ``[T, N, A]`` for ``N`` observations (zeros / None if DETERMINISTIC)."""
         shape = (observation.shape[0], self.action_dim)
         if interaction_type() == InteractionType.DETERMINISTIC:
-            x_T, noise = observation.new_zeros(shape), None
-        else:
-            noise = torch.randn(self.num_steps + 1, *shape, device=observation.device, dtype=observation.dtype)
-            x_T, noise = noise[0], noise[1:]
-        x = ddpm_sample(
-            self.denoiser(observation),
-            x_T,
-            noise,
-            self.schedule,
-            clip=1.0 if self.clip_sample else None,
-            temperature=self.temperature,
-        )
-        return self.denormalize(x).reshape(*batch_shape, self.action_dim)
+            return observation.new_zeros(shape), None
+        noise = torch.randn(self.num_steps + 1, *shape, device=observation.device, dtype=observation.dtype)
+        return noise[0], noise[1:]
+
+    def sample_chain(self, observation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sample with its whole chain, for likelihood-based (policy-gradient) estimators.
+
+        For observations ``[N, obs_dim]`` returns ``(action [N, A], chain [T + 1, N, A])`` where
+        ``chain[0] = x_T`` and ``chain[k]`` is the state after step ``T - k`` before clipping (in the
+        chain's ``[-1, 1]`` coordinates). No gradient flows through the sample.
+        """
+        with torch.no_grad():
+            x_T, noise = self._latents(observation)
+            states: list[torch.Tensor] = []
+            x = ddpm_sample(self.denoiser(observation), x_T, noise, self.schedule, chain=states, **self._sampler_options)
+        return self.denormalize(x), torch.stack([x_T, *states])
+
+    def chain_log_prob(self, observation: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
+        """``sum_t log pi_theta(x_{t-1} | x_t, s)`` of chains from :meth:`sample_chain` (paper eq. 9), ``[N]``.
+
+        Differentiable in the eps-network's parameters; see
+        :func:`~torchrl_qsm.diffusion.sampler.chain_log_prob` for what it leaves out (the noise-free last step).
+        """
+        return chain_log_prob(self.denoiser(observation), chain[0], list(chain[1:]), self.schedule, **self._sampler_options)
 
     def extra_repr(self) -> str:
         return f"action_dim={self.action_dim}, clip_sample={self.clip_sample}, temperature={self.temperature}"

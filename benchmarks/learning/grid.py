@@ -1,0 +1,216 @@
+"""The learning comparison: {algorithm} x {task} x {seed} at a frame budget, one command.
+
+    python benchmarks/learning/grid.py --frames 50000 --jobs 2                  # this CPU
+    python benchmarks/learning/grid.py --frames 1000000 --jobs 8 --device cuda  # a GPU machine
+    python benchmarks/learning/grid.py --summarize-only                         # tables and plots again
+
+Every run is ``sota-implementations/qsm/qsm.py`` (one loop for every algorithm: same environments,
+collector, replay buffer, widths, batch, warm-up and evaluation; only ``algorithm`` and its options
+differ), started as its own process. Runs that finished are skipped; runs that stopped part-way
+resume from their checkpoint. ``--jobs`` runs go in parallel; on a CPU each gets one thread.
+
+Writes under ``--out`` (default benchmarks/results/learning):
+  <task>/<algorithm>_seed<k>.csv   frame, wall_time, train_return, eval_return, eval_return_std, eval_edge_fraction
+  summary.md, summary.csv          final and area-under-curve eval return per algorithm and task
+                                   (mean and std over seeds), edge fraction, wall time per run
+  <task>.png                       eval return against frames, mean over seeds with a +-std band
+  commands.txt                     the exact command of every run
+Run folders (checkpoints, logs) go to ``--runs`` (default outputs/learning, not committed).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "sota-implementations" / "qsm" / "qsm.py"
+ALGORITHMS = {
+    "qsm": ["algorithm=qsm"],  # the authors' recipe (the default preset)
+    "qsm-robust": ["algorithm=qsm", "diffusion=robust"],
+    "sac": ["algorithm=sac"],
+    "td3": ["algorithm=td3"],
+}
+TASKS = ("cheetah_run", "walker_walk", "cartpole_swingup")
+
+
+def run_overrides(args, algorithm: str, task: str, seed: int, folder: Path) -> list[str]:
+    overrides = [
+        *ALGORITHMS[algorithm],
+        f"env={task}",
+        f"env.seed={seed}",
+        f"collector.total_frames={args.frames}",
+        f"collector.init_random_frames={args.init_random_frames}",
+        f"replay_buffer.size={min(args.frames, 1_000_000)}",
+        f"eval.interval={args.eval_interval}",
+        f"eval.episodes={args.eval_episodes}",
+        f"checkpoint.interval={args.checkpoint_interval}",
+        "checkpoint.save_replay_buffer=true",
+        f"device={args.device}",
+        "logger.backend=",
+        f"hydra.run.dir={folder}",
+        *args.set,
+    ]
+    checkpoint = folder / "checkpoint.pt"
+    if checkpoint.is_file():
+        overrides.append(f"checkpoint.resume={checkpoint}")
+    return overrides
+
+
+def finished(folder: Path, frames: int) -> bool:
+    rows = read_rows(folder / "returns.csv")
+    return bool(rows) and (folder / "learning_curve.png").is_file() and max(int(r["frame"]) for r in rows) >= frames
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def launch(args, algorithm: str, task: str, seed: int) -> tuple[str, int, float]:
+    folder = Path(args.runs) / task / f"{algorithm}_seed{seed}"
+    if finished(folder, args.frames):
+        return f"{task} {algorithm} seed {seed}: done before", 0, 0.0
+    command = [sys.executable, str(SCRIPT), *run_overrides(args, algorithm, task, seed, folder)]
+    with open(Path(args.out) / "commands.txt", "a") as log:
+        log.write(shlex.join(command) + "\n")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.jobs > 1 and args.device == "cpu":
+        env["OMP_NUM_THREADS"] = "1"  # two torch processes on two cores otherwise fight (benchmarks/README.md)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(folder.parent / f"{folder.name}.log", "w") as output:
+        code = subprocess.call(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    return f"{task} {algorithm} seed {seed}: exit {code}", code, time.time() - start
+
+
+def collect(args) -> None:
+    """Copies each run's returns.csv next to the summary."""
+    for task in args.tasks:
+        for algorithm in args.algorithms:
+            for seed in args.seeds:
+                source = Path(args.runs) / task / f"{algorithm}_seed{seed}" / "returns.csv"
+                if source.is_file():
+                    target = Path(args.out) / task / f"{algorithm}_seed{seed}.csv"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, target)
+
+
+def eval_curve(rows: list[dict]) -> list[tuple[int, float, float]]:
+    """``(frame, eval return, edge fraction)`` of each evaluation."""
+    return [(int(r["frame"]), float(r["eval_return"]), float(r["eval_edge_fraction"])) for r in rows if r["eval_return"]]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(args) -> None:
+    """summary.md / summary.csv and one PNG per task, from the CSVs under --out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(args.out)
+    table = []
+    for task in args.tasks:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for algorithm in args.algorithms:
+            curves = [eval_curve(read_rows(out / task / f"{algorithm}_seed{s}.csv")) for s in args.seeds]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            walls = [float(read_rows(out / task / f"{algorithm}_seed{s}.csv")[-1]["wall_time"]) for s in args.seeds
+                     if read_rows(out / task / f"{algorithm}_seed{s}.csv")]
+            final = [c[-1][1] for c in curves]
+            # area under the eval curve, normalised by the frames it spans: the mean return over training
+            auc = [statistics.fmean(point[1] for point in c) for c in curves]
+            edges = [statistics.fmean(point[2] for point in c) for c in curves]
+            table.append({
+                "task": task, "algorithm": algorithm, "seeds": len(curves), "frames": max(c[-1][0] for c in curves),
+                "final": mean_std(final), "auc": mean_std(auc), "edge_fraction": mean_std(edges),
+                "wall_minutes": statistics.fmean(walls) / 60 if walls else math.nan,
+            })
+            length = min(len(c) for c in curves)
+            frames = [p[0] for p in curves[0][:length]]
+            stats = [mean_std([c[i][1] for c in curves]) for i in range(length)]
+            mean = [m for m, _ in stats]
+            ax.plot(frames, mean, marker="o", label=f"{algorithm} ({len(curves)} seeds)")
+            ax.fill_between(frames, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+        ax.set_title(task.replace("_", "-"))
+        ax.set_xlabel("environment frames")
+        ax.set_ylabel("eval return (mean +- std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"{task}.png", dpi=100)
+        plt.close(fig)
+
+    def fmt(pair):
+        return f"{pair[0]:.1f} +- {pair[1]:.1f}"
+
+    lines = [
+        "| task | algorithm | seeds | frames | final eval return | mean eval return (AUC) | edge fraction | minutes per run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table:
+        lines.append(
+            f"| {row['task']} | {row['algorithm']} | {row['seeds']} | {row['frames']} | {fmt(row['final'])} | "
+            f"{fmt(row['auc'])} | {row['edge_fraction'][0]:.2f} | {row['wall_minutes']:.0f} |"
+        )
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["task", "algorithm", "seeds", "frames", "final_mean", "final_std", "auc_mean", "auc_std",
+                         "edge_fraction", "wall_minutes"])
+        for r in table:
+            writer.writerow([r["task"], r["algorithm"], r["seeds"], r["frames"], *r["final"], *r["auc"],
+                             r["edge_fraction"][0], r["wall_minutes"]])
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--algorithms", nargs="+", default=["qsm", "sac", "td3"], choices=sorted(ALGORITHMS))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--frames", type=int, default=50_000)
+    parser.add_argument("--init-random-frames", type=int, default=10_000)
+    parser.add_argument("--eval-interval", type=int, default=10_000)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--checkpoint-interval", type=int, default=10_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "learning"))
+    parser.add_argument("--runs", default=str(ROOT / "outputs" / "learning"))
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
+    parser.add_argument("--summarize-only", action="store_true")
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if not args.summarize_only:
+        # interleave algorithms so that a partial grid already compares them
+        runs = [(a, t, s) for s in args.seeds for t in args.tasks for a in args.algorithms]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for message, code, seconds in pool.map(lambda run: launch(args, *run), runs):
+                print(f"{message} ({seconds / 60:.1f} min)", flush=True)
+                collect(args)
+    collect(args)
+    summarize(args)
+
+
+if __name__ == "__main__":
+    main()
