@@ -22,7 +22,8 @@ MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])  # up, down, left, right
 
 
 def transitions(size: int, goal: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``next_state[s, a]`` and ``reward[s, a]``: walls keep the agent in place, the goal is absorbing."""
+    """``next_state[s, a]`` and ``reward[s, a]``: walls keep the agent in place; the goal is absorbing
+    and pays 1 for every step that ends there."""
     n = size * size
     next_state = np.zeros((n, len(MOVES)), dtype=int)
     reward = np.zeros((n, len(MOVES)))
@@ -32,7 +33,7 @@ def transitions(size: int, goal: tuple[int, int]) -> tuple[np.ndarray, np.ndarra
         for a, (dr, dc) in enumerate(MOVES):
             r, c = min(max(row + dr, 0), size - 1), min(max(col + dc, 0), size - 1)
             next_state[s, a] = s if s == goal_index else r * size + c
-            reward[s, a] = 1.0 if (s != goal_index and r * size + c == goal_index) else 0.0
+            reward[s, a] = 1.0 if next_state[s, a] == goal_index else 0.0
     return next_state, reward
 
 
@@ -89,7 +90,7 @@ def main() -> None:
         rows, cols = np.divmod(np.arange(args.size**2), args.size)
         # arrows: expected move under the policy (its mean direction)
         drift = policy @ MOVES
-        ax.quiver(cols, rows, drift[:, 1], -drift[:, 0], color="white", scale=12)
+        ax.quiver(cols, rows, drift[:, 1], -drift[:, 0], color="white")
         ax.plot(goal[1], goal[0], "r*", markersize=15)
         ax.set_title(f"iterate {k} (alpha = 2): V^pi and mean move")
         ax.set_xticks([])

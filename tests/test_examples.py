@@ -30,7 +30,7 @@ def test_gridworld_soft_policy_iteration_is_the_boltzmann_update_and_lower_alpha
     np.testing.assert_allclose(policy, expected, rtol=1e-10)
     entropies = [
         gridworld.entropy(gridworld.soft_policy_iteration(alpha, next_state, reward, 0.9, 30)[-1][0])
-        for alpha in (0.5, 2, 10, 50)
+        for alpha in (0.5, 1, 2, 5)
     ]
     assert all(a > b for a, b in zip(entropies, entropies[1:]))
 
