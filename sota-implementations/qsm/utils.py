@@ -55,33 +55,23 @@ def validate_config(cfg: DictConfig) -> None:
             f"env.domain={cfg.env.domain!r} env.task={cfg.env.task!r} is not a DeepMind Control task; "
             f"presets: {sorted(p.stem for p in (Path(__file__).parent / 'env').glob('*.yaml'))}."
         )
-    checks = [
-        (cfg.algorithm in ALGORITHMS, f"algorithm must be one of {ALGORITHMS}"),
-        (cfg.diffusion.alpha > 0, "diffusion.alpha (the scale of grad_a Q) must be > 0"),
-        (isinstance(cfg.diffusion.num_steps, int) and cfg.diffusion.num_steps >= 1, "diffusion.num_steps (T) must be an integer >= 1"),
-        (cfg.optim.batch_size <= cfg.replay_buffer.size, "optim.batch_size must not exceed replay_buffer.size"),
-        (cfg.collector.init_random_frames <= cfg.collector.total_frames, "collector.init_random_frames must not exceed collector.total_frames"),
-        (cfg.collector.frames_per_batch >= 1 and cfg.collector.total_frames >= 1, "collector.frames_per_batch and collector.total_frames must be >= 1"),
-        (cfg.collector.num_envs >= 1, "collector.num_envs must be >= 1"),
-        (cfg.optim.utd_ratio > 0, "optim.utd_ratio must be > 0"),
-        (cfg.eval.mode in ("stochastic", "deterministic"), "eval.mode must be 'stochastic' or 'deterministic'"),
-        (cfg.eval.interval >= 1 and cfg.eval.episodes >= 1, "eval.interval and eval.episodes must be >= 1"),
+    d, c = cfg.diffusion, cfg.collector
+    checks = [  # (holds, the fields at fault, what must hold)
+        (cfg.algorithm in ALGORITHMS, ["algorithm"], f"algorithm must be one of {ALGORITHMS}"),
+        (d.alpha > 0, ["diffusion.alpha"], "diffusion.alpha (the scale of grad_a Q) must be > 0"),
+        (isinstance(d.num_steps, int) and d.num_steps >= 1, ["diffusion.num_steps"], "diffusion.num_steps (T) must be an integer >= 1"),
+        (cfg.optim.batch_size <= cfg.replay_buffer.size, ["optim.batch_size", "replay_buffer.size"], "optim.batch_size must not exceed replay_buffer.size"),
+        (c.init_random_frames <= c.total_frames, ["collector.init_random_frames", "collector.total_frames"], "collector.init_random_frames must not exceed collector.total_frames"),
+        (c.frames_per_batch >= 1 and c.total_frames >= 1, ["collector.frames_per_batch", "collector.total_frames"], "collector.frames_per_batch and collector.total_frames must be >= 1"),
+        (c.num_envs >= 1, ["collector.num_envs"], "collector.num_envs must be >= 1"),
+        (cfg.optim.utd_ratio > 0, ["optim.utd_ratio"], "optim.utd_ratio must be > 0"),
+        (cfg.eval.mode in ("stochastic", "deterministic"), ["eval.mode"], "eval.mode must be 'stochastic' or 'deterministic'"),
+        (cfg.eval.interval >= 1 and cfg.eval.episodes >= 1, ["eval.interval", "eval.episodes"], "eval.interval and eval.episodes must be >= 1"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(f"{message}; got {_values_named_in(message, cfg)}.")
+    for holds, fields, message in checks:
+        if not holds:
+            raise ValueError(f"{message}; got {', '.join(f'{f}={OmegaConf.select(cfg, f)!r}' for f in fields)}.")
     resolve_device(cfg.device)
-
-
-def _values_named_in(message: str, cfg: DictConfig) -> str:
-    names = [word for word in message.replace(",", " ").split() if "." in word and not word.endswith(".")]
-    return ", ".join(f"{name}={_select(cfg, name)!r}" for name in names)
-
-
-def _select(cfg: DictConfig, dotted: str):
-    for part in dotted.split("."):
-        cfg = cfg[part]
-    return cfg
 
 
 # --- logging ---------------------------------------------------------------------------------------
