@@ -5,10 +5,11 @@
 2. Behaviour cloning: ``--bc-updates`` steps of TorchRL's ``DiffusionBCLoss`` on them.
 3. Online fine-tuning with ``QSMLoss``, the replay buffer starting with the demonstrations, twice:
    - ``naive``: the authors' recipe as is (alpha 50, actor updates from the first step);
-   - ``guarded``: ``--critic-warmup`` critic-only updates first, the normalised target
-     (``normalize_grad``, alpha 1), so that the first actor updates follow a trained critic at the
-     eps-network's own scale, and ``--bc-weight`` x DiffusionBCLoss on the replayed actions added
-     to the actor's loss, so that the policy leaves the demonstrations only where Q says so.
+   - ``guarded``: ``--critic-warmup`` critic-only updates first, and the data-score target
+     (``QSMLoss(data_score=True, normalize_grad=True)``, alpha 1): the eps-network regresses on
+     ``eps - sigma_t alpha g / mean|g|``, the score of the replayed actions (demonstrations first)
+     tilted by exp(alpha Q), so the first actor updates follow a trained critic at the network's own
+     scale and the policy leaves the demonstrations only where Q says so.
    A pretrained denoiser can collapse on the first QSM updates when alpha * grad_a Q is orders of
    magnitude off the unit-variance noise it was trained to predict; the two runs show whether it does.
 
@@ -78,11 +79,9 @@ def fine_tune(actor, demos: TensorDict, args, *, guarded: bool, spec) -> None:
     """Online QSM from the pretrained ``actor``, the replay buffer starting with ``demos``."""
     obs_dim = demos["observation"].shape[-1]
     critic = ValueOperator(MLP(obs_dim + 1, 1, num_cells=[256, 256]), in_keys=["observation", "action"])
-    loss = QSMLoss(actor, critic, alpha=1.0 if guarded else 50.0, normalize_grad=guarded)
+    loss = QSMLoss(actor, critic, alpha=1.0 if guarded else 50.0, normalize_grad=guarded, data_score=guarded)
     loss.make_value_estimator(gamma=0.99)
     updater = SoftUpdate(loss, tau=0.005)
-    bc = DiffusionBCLoss(actor)
-    bc_weight = args.bc_weight if guarded else 0.0
     actor_optim = torch.optim.Adam(actor.parameters(), lr=3e-4)
     critic_optim = torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=3e-4)
     buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(len(demos) + args.online_frames), batch_size=256)
@@ -90,12 +89,8 @@ def fine_tune(actor, demos: TensorDict, args, *, guarded: bool, spec) -> None:
 
     def update(train_actor: bool) -> None:
         if train_actor:
-            batch = buffer.sample()
-            out = loss(batch)
-            total = out["loss_qvalue"] + out["loss_actor"]
-            if bc_weight:
-                total = total + bc_weight * bc(batch)["loss_diffusion_bc"]
-            total.backward()
+            out = loss(buffer.sample())
+            (out["loss_qvalue"] + out["loss_actor"]).backward()
         else:
             loss.qvalue_loss(buffer.sample())[0].backward()
         critic_optim.step()
@@ -124,7 +119,6 @@ def main() -> None:
     parser.add_argument("--bc-updates", type=int, default=3_000)
     parser.add_argument("--online-frames", type=int, default=10_000)
     parser.add_argument("--critic-warmup", type=int, default=2_000)
-    parser.add_argument("--bc-weight", type=float, default=1.0, help="weight of the BC term in the guarded run")
     parser.add_argument("--variants", nargs="+", default=["naive", "guarded"], choices=["naive", "guarded"])
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)

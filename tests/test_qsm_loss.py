@@ -381,3 +381,38 @@ def test_zero_denoising_steps_are_refused():
     actor.module.schedule.num_steps = 0
     with pytest.raises(ValueError, match="T must be >= 1"):
         QSMLoss(actor, make_critic())
+
+
+class ConstantCritic(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.value = nn.Parameter(torch.zeros(1))
+
+    def forward(self, observation, action):
+        return self.value.expand(*action.shape[:-1], 1) + 0 * action.sum(-1, keepdim=True)
+
+
+def test_data_score_target_is_the_noise_tilted_by_the_critic_and_reduces_to_diffusion_bc():
+    from torchrl.objectives import DiffusionBCLoss
+
+    data = make_batch((32,))
+    actor = make_actor()
+    # with grad_a Q = 0 the target is the drawn noise: QSM's actor loss is DiffusionBCLoss on the same draws
+    flat = QSMLoss(actor, ValueOperator(ConstantCritic(), in_keys=["observation", "action"]), data_score=True)
+    torch.manual_seed(3)
+    qsm_value = flat.actor_loss(data.clone())[0]
+    torch.manual_seed(3)
+    torch.testing.assert_close(qsm_value, DiffusionBCLoss(actor)(data.clone())["loss_diffusion_bc"])
+
+    # with a critic: eps_target = eps - sigma_t * alpha * g, written out
+    loss = QSMLoss(actor, make_critic(), alpha=2.0, data_score=True)
+    torch.manual_seed(4)
+    actual = loss.actor_loss(data.clone())[0]
+    torch.manual_seed(4)
+    module = actor.module
+    t = torch.randint(0, module.num_steps, (32,))
+    noised, noise = module.add_noise(data["action"], t)
+    g = loss._action_gradient(data, noised, module.denormalize)
+    sigma = (1 - module.alphas_cumprod[t]).sqrt().unsqueeze(-1)
+    eps_pred = module.score_network(torch.cat([noised, data["observation"], t.float().unsqueeze(-1)], -1))
+    torch.testing.assert_close(actual, (eps_pred - (noise - sigma * 2.0 * g)).pow(2).mean())

@@ -74,6 +74,11 @@ class QSMLoss(LossModule):
         normalize_grad: divide ``g`` by its batch mean magnitude ``mean |g|`` (default ``False``):
             the target then no longer depends on the critic's scale, which keeps the chain stable
             (see the README's notes on the sampler).
+        data_score: regress on ``eps - sigma_t alpha g`` instead of ``-alpha g`` (default ``False``),
+            with ``eps`` the noise drawn for ``a_t`` and ``sigma_t = sqrt(1 - alpha_bar_t)``: the
+            score of the replayed actions' distribution tilted by ``exp(alpha Q)``, so the policy
+            keeps the data's shape and moves where Q says so (offline-to-online fine-tuning; with
+            ``g = 0`` it is DiffusionBCLoss).
         policy_noise: std of the smoothing noise on next actions, in action units (default 0.1).
         noise_clip: clip of that noise (default ``None``: not clipped, as the authors').
         loss_function: critic regression, ``"l2"`` (default), ``"l1"`` or ``"smooth_l1"``.
@@ -161,6 +166,7 @@ class QSMLoss(LossModule):
         grad_at: Literal["noised", "clean"] = "noised",
         critic_reduction: Literal["mean", "min"] = "mean",
         normalize_grad: bool = False,
+        data_score: bool = False,
         policy_noise: float = 0.1,
         noise_clip: float | None = None,
         loss_function: Literal["l2", "l1", "smooth_l1"] = "l2",
@@ -192,6 +198,7 @@ class QSMLoss(LossModule):
         self.grad_at = grad_at
         self.critic_reduction = critic_reduction
         self.normalize_grad = normalize_grad
+        self.data_score = data_score
         self.policy_noise = policy_noise
         self.noise_clip = noise_clip
         self.loss_function = loss_function
@@ -311,12 +318,14 @@ class QSMLoss(LossModule):
             to_chain = getattr(module, "normalize", _identity)
             to_action = getattr(module, "denormalize", _identity)
             t = torch.randint(0, module.num_steps, action.shape[:-1], device=action.device)
-            noised, _ = module.add_noise(action, t)
+            noised, noise = module.add_noise(action, t)
             eps_pred = module.score_network(torch.cat([noised, observation, t.to(noised.dtype).unsqueeze(-1)], -1))
             x = noised if self.grad_at == "noised" else to_chain(action)
             grad_q = self._action_gradient(tensordict, x, to_action)
+            sigma = (1 - module.alphas_cumprod[t]).sqrt().unsqueeze(-1)
         scale = grad_q.abs().mean().clamp_min(1e-8) if self.normalize_grad else 1.0
-        eps_target = -self.alpha * grad_q / scale
+        q_score = self.alpha * grad_q / scale
+        eps_target = noise - sigma * q_score if self.data_score else -q_score
         loss = (eps_pred - eps_target).pow(2).mean(-1)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=self._maybe_get_priority_weight(tensordict))
         eps_pred = eps_pred.detach()
