@@ -130,12 +130,12 @@ def summarize(args) -> None:
     for task in args.tasks:
         fig, ax = plt.subplots(figsize=(6, 4))
         for algorithm in args.algorithms:
-            curves = [eval_curve(read_rows(out / task / f"{algorithm}_seed{s}.csv")) for s in args.seeds]
-            curves = [c for c in curves if c]
-            if not curves:
+            runs = [read_rows(out / task / f"{algorithm}_seed{s}.csv") for s in args.seeds]
+            runs = [rows for rows in runs if rows and eval_curve(rows) and eval_curve(rows)[-1][0] >= args.frames]
+            if not runs:  # only runs that reached the budget count
                 continue
-            walls = [float(read_rows(out / task / f"{algorithm}_seed{s}.csv")[-1]["wall_time"]) for s in args.seeds
-                     if read_rows(out / task / f"{algorithm}_seed{s}.csv")]
+            curves = [eval_curve(rows) for rows in runs]
+            walls = [float(rows[-1]["wall_time"]) for rows in runs]
             final = [c[-1][1] for c in curves]
             # area under the eval curve, normalised by the frames it spans: the mean return over training
             auc = [statistics.fmean(point[1] for point in c) for c in curves]
@@ -143,7 +143,7 @@ def summarize(args) -> None:
             table.append({
                 "task": task, "algorithm": algorithm, "seeds": len(curves), "frames": max(c[-1][0] for c in curves),
                 "final": mean_std(final), "auc": mean_std(auc), "edge_fraction": mean_std(edges),
-                "wall_minutes": statistics.fmean(walls) / 60 if walls else math.nan,
+                "wall_minutes": statistics.fmean(walls) / 60,
             })
             length = min(len(c) for c in curves)
             frames = [p[0] for p in curves[0][:length]]
