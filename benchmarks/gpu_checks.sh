@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_checks.sh            # DEVICE=cuda; results under $OUT (default gpu_out/)
 #   DEVICE=cpu FRAMES=600 bash benchmarks/gpu_checks.sh   # a dry run of the same steps on a CPU
-#   SKIP="train_sac" bash benchmarks/gpu_checks.sh         # leave steps out
+#   SKIP="train_sac" bash benchmarks/gpu_checks.sh         # leave steps out (grid, offline_to_online, ...)
 #
 # Where the machine lacks our dependencies, wheels carried in .whl/ are installed to /tmp/site first.
 # Each step has its own time limit and log; a failing step does not stop the others.
@@ -47,3 +47,16 @@ train() {  # train NAME SECONDS OVERRIDES...: a short training run of qsm.py; ke
 train train_qsm 110
 train train_qsm_compiled 170 compile.compile=true
 train train_sac 90 algorithm=sac
+# the learning harness on the GPU, unchanged but for --device and the budget (issue: learning results)
+step grid 420 python3 benchmarks/learning/grid.py --device "$DEVICE" --frames "$FRAMES" \
+  --init-random-frames $((FRAMES / 2)) --eval-interval $((FRAMES / 2)) --eval-episodes 2 --checkpoint-interval "$FRAMES" \
+  --algorithms qsm sac td3 --tasks cheetah_run --seeds 0 --jobs 3 --out "$OUT/grid" --runs /tmp/gpu_checks/grid &
+# the offline-to-online example borrows the machine's CPU cores (it runs on the CPU): seeds 0-2, two threads each
+step offline_to_online 480 bash -c 'for s in 0 1 2; do for v in naive guarded; do
+  OMP_NUM_THREADS=2 python3 examples/offline_to_online.py --variants $v --seed $s > "$0/o2o_${v}_seed$s.log" 2>&1 &
+  done; done; wait' "$OUT" &
+wait
+# what comes back from a lent machine is at most 8 files: PACK=1 packs everything into one archive
+if [[ "${PACK:-0}" == 1 ]]; then
+  tar czf /tmp/gpu_checks.tgz -C "$OUT" . && rm -rf "${OUT:?}"/* && mv /tmp/gpu_checks.tgz "$OUT/"
+fi

@@ -85,7 +85,9 @@ def launch(args, algorithm: str, task: str, seed: int) -> tuple[str, int, float]
     command = [sys.executable, str(SCRIPT), *run_overrides(args, algorithm, task, seed, folder)]
     with open(Path(args.out) / "commands.txt", "a") as log:
         log.write(shlex.join(command) + "\n")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # every run uses this checkout's torchrl_qsm, whatever is (or is not) installed
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
     if args.jobs > 1 and args.device == "cpu":
         env["OMP_NUM_THREADS"] = "1"  # two torch processes on two cores otherwise fight (benchmarks/README.md)
     folder.mkdir(parents=True, exist_ok=True)
