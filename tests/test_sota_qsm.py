@@ -195,3 +195,24 @@ def test_ctrl_c_writes_a_checkpoint_before_exiting(tmp_path):
     assert "checkpoint written to" in rest
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert 0 < saved["frames"] < 100000 and saved["updates"] > 0
+
+
+def test_eval_videos_are_recorded_where_mujoco_renders(tmp_path):
+    done = run_script(tmp_path, "eval.video=true", "logger.backend=csv")
+    assert_results(tmp_path, final_frame=200)
+    videos = [p for p in tmp_path.rglob("*") if "video" in str(p.relative_to(tmp_path)) and p.is_file()]
+    assert videos or "cannot render offscreen" in done.stderr, done.stderr[-2000:]
+
+
+def test_without_a_gl_backend_videos_are_skipped_with_a_warning():
+    snippet = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from omegaconf import OmegaConf; from utils import "
+        "rendering_available; print(rendering_available(OmegaConf.create({'env': {'domain': 'cartpole', "
+        "'task': 'swingup'}})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", snippet, str(SCRIPT_DIR)], env=dict(os.environ, MUJOCO_GL="disable"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.stdout.strip() == "False", done.stderr[-2000:]
+    assert "MuJoCo cannot render offscreen here" in done.stderr and "Continuing without video" in done.stderr
