@@ -133,11 +133,12 @@ def summarize(args) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for algorithm in args.algorithms:
             runs = [read_rows(out / task / f"{algorithm}_seed{s}.csv") for s in args.seeds]
-            runs = [rows for rows in runs if rows and eval_curve(rows) and eval_curve(rows)[-1][0] >= args.frames]
+            runs = [(rows, eval_curve(rows)) for rows in runs]
+            runs = [(rows, curve) for rows, curve in runs if curve and curve[-1][0] >= args.frames]
             if not runs:  # only runs that reached the budget count
                 continue
-            curves = [eval_curve(rows) for rows in runs]
-            walls = [float(rows[-1]["wall_time"]) for rows in runs]
+            curves = [curve for _, curve in runs]
+            walls = [float(rows[-1]["wall_time"]) for rows, _ in runs]
             final = [c[-1][1] for c in curves]
             # area under the eval curve, normalised by the frames it spans: the mean return over training
             auc = [statistics.fmean(point[1] for point in c) for c in curves]

@@ -322,10 +322,13 @@ class QSMLoss(LossModule):
             eps_pred = module.score_network(torch.cat([noised, observation, t.to(noised.dtype).unsqueeze(-1)], -1))
             x = noised if self.grad_at == "noised" else to_chain(action)
             grad_q = self._action_gradient(tensordict, x, to_action)
-            sigma = (1 - module.alphas_cumprod[t]).sqrt().unsqueeze(-1)
+            alphas_cumprod = module.alphas_cumprod
         scale = grad_q.abs().mean().clamp_min(1e-8) if self.normalize_grad else 1.0
         q_score = self.alpha * grad_q / scale
-        eps_target = noise - sigma * q_score if self.data_score else -q_score
+        if self.data_score:  # sigma_t = sqrt(1 - alpha_bar_t), from the contract's alphas_cumprod
+            eps_target = noise - (1 - alphas_cumprod[t]).sqrt().unsqueeze(-1) * q_score
+        else:
+            eps_target = -q_score
         loss = (eps_pred - eps_target).pow(2).mean(-1)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=self._maybe_get_priority_weight(tensordict))
         eps_pred = eps_pred.detach()
