@@ -47,6 +47,23 @@ def test_chain_path_equals_the_contract_path(options):
         torch.testing.assert_close(denoise(x, t), full, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("options", [{}, {"layer_norm": True}, {"time_embedding": "sinusoidal", "cond_sizes": (4,)}])
+def test_per_step_time_table_equals_the_contract_path_in_values_and_gradients(options):
+    # at_steps(a_t, s, t, T) computes the time term once per step and gathers it: the numbers of
+    # eps_theta(cat([a_t, s, t])) per sample, and the same gradients for every parameter.
+    net = EpsilonNetwork(A, O, **options)
+    x, obs, t = torch.randn(64, A), torch.randn(64, O), torch.randint(0, 5, (64,))
+    target = torch.randn(64, A)
+    table = net.at_steps(x, obs, t, num_steps=5)
+    full = net(torch.cat([x, obs, t.float().unsqueeze(-1)], -1))
+    torch.testing.assert_close(table, full, rtol=1e-5, atol=1e-6)
+    params = [p for p in net.parameters()]
+    grads_table = torch.autograd.grad((table - target).pow(2).sum(), params)
+    grads_full = torch.autograd.grad((full - target).pow(2).sum(), params)
+    for (name, _), g_table, g_full in zip(net.named_parameters(), grads_table, grads_full):
+        torch.testing.assert_close(g_table, g_full, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_layer_norm_and_depth_options_shape_the_network():
     net = EpsilonNetwork(A, O, hidden_sizes=(8, 8, 8), layer_norm=True)
     assert sum(isinstance(m, nn.LayerNorm) for m in net.modules()) == 3

@@ -30,7 +30,10 @@ class EpsilonNetwork(nn.Module):
     - ``conditioned_on(s, T)`` returns ``denoise(a_t, t)`` for the reverse chain, where every
       sample shares ``t``. The first layer is linear in its concatenated input, so
       ``W [a_t, s, cond_t] + b = W_a a_t + (W_s s + b) + W_c cond_t``: the state term is computed
-      once per chain and the ``T`` time terms once per call, leaving ``W_a a_t`` per step.
+      once per chain and the ``T`` time terms once per call, leaving ``W_a a_t`` per step;
+    - ``at_steps(a_t, s, t, T)``: ``forward`` for integer steps ``t < T``, one per sample (the
+      denoising loss), with the time term ``W_c cond_t`` computed for the ``T`` distinct steps and
+      gathered, instead of once per sample.
 
     Args:
         action_dim: size of the action.
@@ -102,6 +105,26 @@ class EpsilonNetwork(nn.Module):
         hidden = hidden + F.linear(self.cond(x[..., -1]), weight[:, cut:])
         return self.body(self.input_activation(hidden))
 
+    def time_terms(self, num_steps: int, like: torch.Tensor) -> torch.Tensor:
+        """``W_c cond_t`` of the first layer for ``t = 0..T-1``, ``[T, width]`` (dtype, device of ``like``)."""
+        steps = torch.arange(num_steps, device=like.device, dtype=like.dtype)
+        return F.linear(self.cond(steps), self.input_layer.weight[:, self.action_dim + self.obs_dim :])
+
+    def at_steps(
+        self, noisy_action: torch.Tensor, observation: torch.Tensor, t: torch.Tensor, num_steps: int
+    ) -> torch.Tensor:
+        """``eps_theta(a_t, s, t)`` for integer steps ``t`` in ``range(num_steps)``, shape ``[*B]``.
+
+        The numbers of ``forward(cat([a_t, s, t]))``; the conditioning MLP and ``W_c`` run on the
+        ``T`` distinct steps rather than on every sample (at batch 256, T = 5 and widths 256 this
+        removes about a tenth of the FLOPs of a QSM update), and ``table[t]`` gathers them, its
+        backward summing each step's samples.
+        """
+        weight, cut = self.input_layer.weight, self.action_dim + self.obs_dim
+        hidden = F.linear(torch.cat([noisy_action, observation], -1), weight[:, :cut], self.input_layer.bias)
+        hidden = hidden + self.time_terms(num_steps, noisy_action)[t]
+        return self.body(self.input_activation(hidden))
+
     def conditioned_on(self, observation: torch.Tensor, num_steps: int) -> Denoiser:
         """Returns ``denoise(a_t, t) = eps_theta(a_t, s, t)`` for ``t`` in ``range(num_steps)``.
 
@@ -112,9 +135,7 @@ class EpsilonNetwork(nn.Module):
         weight = self.input_layer.weight
         a, cut = self.action_dim, self.action_dim + self.obs_dim
         state_term = F.linear(observation, weight[:, a:cut], self.input_layer.bias)
-        steps = torch.arange(num_steps, device=observation.device, dtype=observation.dtype)
-        time_terms = F.linear(self.cond(steps), weight[:, cut:])
-        bias = state_term + time_terms.unsqueeze(1)
+        bias = state_term + self.time_terms(num_steps, observation).unsqueeze(1)
         action_weight = weight[:, :a].t()
 
         def denoise(noisy_action: torch.Tensor, t: int) -> torch.Tensor:

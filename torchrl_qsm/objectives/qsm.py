@@ -21,6 +21,7 @@ from torchrl.objectives.utils import (
 )
 
 from torchrl_qsm.diagnostics import edge_fraction
+from torchrl_qsm.diffusion.networks import EpsilonNetwork
 from torchrl_qsm.modules.actor import bounded_action_spec
 
 GRAD_AT = ("noised", "clean")
@@ -319,7 +320,7 @@ class QSMLoss(LossModule):
             to_action = getattr(module, "denormalize", _identity)
             t = torch.randint(0, module.num_steps, action.shape[:-1], device=action.device)
             noised, noise = module.add_noise(action, t)
-            eps_pred = module.score_network(torch.cat([noised, observation, t.to(noised.dtype).unsqueeze(-1)], -1))
+            eps_pred = _predict_noise(module, noised, observation, t)
             x = noised if self.grad_at == "noised" else to_chain(action)
             grad_q = self._action_gradient(tensordict, x, to_action)
             alphas_cumprod = module.alphas_cumprod
@@ -422,6 +423,18 @@ class _MissingKeyError(KeyError):
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _predict_noise(module, noised: torch.Tensor, observation: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``eps_theta(a_t, s, t)`` through the contract's ``score_network(cat([a_t, s, t]))``.
+
+    An :class:`~torchrl_qsm.EpsilonNetwork` gives the same numbers with its time conditioning
+    computed once per step (``at_steps``).
+    """
+    net = module.score_network
+    if isinstance(net, EpsilonNetwork):
+        return net.at_steps(noised, observation, t, module.num_steps)
+    return net(torch.cat([noised, observation, t.to(noised.dtype).unsqueeze(-1)], -1))
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
