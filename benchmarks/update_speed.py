@@ -241,13 +241,19 @@ def main() -> None:
                       f"({1e3 * gemm_seconds[recorded]:.2f} ms); roofline fraction {achieved / gemm:.2f}")
         print(f"  (one [{args.batch}x{width}]x[{width}x{width}] GEMM: fp32 {gemm_throughput(width, args.batch, device):.0f}, "
               f"bf16 {gemm_throughput(width, args.batch, device, torch.bfloat16):.0f} GFLOP/s)")
-        print("  acting latency (ms), RANDOM, no grad:")
-        for name in ("qsm", "sac", "td3"):
-            actor = cands[name][1]
-            b1, b16 = acting_latency(actor, 1, device), acting_latency(actor, 16, device)
-            print(f"    {name:<6} batch 1: {1e3 * b1:.3f}  batch 16: {1e3 * b16:.3f}")
-        qsm_b1, sac_b1 = acting_latency(cands["qsm"][1], 1, device), acting_latency(cands["sac"][1], 1, device)
-        print(f"  acting QSM / SAC at batch 1: {qsm_b1 / sac_b1:.2f}")
+        print("  acting latency (ms), RANDOM, no grad (compiled: the training script's compile.policy=true):")
+        actors = {name: cands[name][1] for name in ("qsm", "sac", "td3")}
+        actors.update({f"{name}-compiled": torch.compile(actors[name]) for name in ("qsm", "sac") if name in args.compile})
+        batch1 = {}
+        for name, actor in actors.items():
+            batch1[name], b16 = acting_latency(actor, 1, device), acting_latency(actor, 16, device)
+            print(f"    {name:<13} batch 1: {1e3 * batch1[name]:.3f}  batch 16: {1e3 * b16:.3f}")
+        print(f"  acting QSM / SAC at batch 1: eager {batch1['qsm'] / batch1['sac']:.2f}", end="")
+        if "qsm-compiled" in batch1:
+            print(f"; compiled QSM / eager SAC {batch1['qsm-compiled'] / batch1['sac']:.2f}", end="")
+        if {"qsm-compiled", "sac-compiled"} <= batch1.keys():
+            print(f"; both compiled {batch1['qsm-compiled'] / batch1['sac-compiled']:.2f}", end="")
+        print()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torchrl.data import Bounded
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT_DIR = ROOT / "sota-implementations" / "qsm"
@@ -175,6 +176,25 @@ def test_every_preset_is_a_valid_configuration(preset):
     validate_config(cfg)
     if preset in ("quadruped_walk", "humanoid_walk"):
         assert cfg.diffusion.alpha == 120
+
+
+def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_policy(tmp_path):
+    # compile.compile wraps the update in torch.compile; compile.policy is the Collector's compile_policy.
+    run_script(tmp_path, "compile.compile=true", "compile.policy=true")
+    assert_results(tmp_path, final_frame=200)
+    sys.path.insert(0, str(SCRIPT_DIR))
+    try:
+        from agents import make_td3_agent
+        from utils import make_collector
+    finally:
+        sys.path.remove(str(SCRIPT_DIR))
+    spec = Bounded(-torch.ones(1), torch.ones(1), (1,))
+    policy = make_td3_agent(5, spec, hidden_sizes=(8,)).exploration_policy
+    for flag in (False, True):
+        cfg = compose_config(*TINY, f"compile.policy={str(flag).lower()}")
+        collector = make_collector(cfg, policy, total_frames=50, init_random_frames=0, device=torch.device("cpu"))
+        assert bool(collector.compiled_policy) is flag
+        collector.shutdown()
 
 
 def test_ctrl_c_writes_a_checkpoint_before_exiting(tmp_path):

@@ -191,6 +191,7 @@ def make_collector(cfg: DictConfig, policy, total_frames: int, init_random_frame
         policy_device=device,
         storing_device=device,
         exploration_type=ExplorationType.RANDOM,
+        compile_policy=bool(cfg.compile.policy),
     )
     n = cfg.collector.num_envs
     if n == 1:
