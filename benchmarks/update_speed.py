@@ -200,6 +200,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
+    # Every compiled candidate steps its own Adams through the one Optimizer.step code object; past
+    # dynamo's default of 8 recompiles the last candidates' steps would silently run eager.
+    torch._dynamo.config.recompile_limit = 64
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"rounds {args.rounds} x {args.iters} updates")
     if device.type == "cuda":
