@@ -113,7 +113,7 @@ class EpsilonNetwork(nn.Module):
     def at_steps(
         self, noisy_action: torch.Tensor, observation: torch.Tensor, t: torch.Tensor, num_steps: int
     ) -> torch.Tensor:
-        """``eps_theta(a_t, s, t)`` for integer steps ``t`` in ``range(num_steps)``, shape ``[*B]``.
+        """``eps_theta(a_t, s, t)``, ``[*B, action_dim]``, for integer steps ``t`` (``[*B]``) in ``range(num_steps)``.
 
         The numbers of ``forward(cat([a_t, s, t]))``; the conditioning MLP and ``W_c`` run on the
         ``T`` distinct steps rather than on every sample (at batch 256, T = 5 and widths 256 this
