@@ -15,7 +15,12 @@ rounds and the spread (min-max). Candidates:
   optimizer in fp32);
 - ``qsm-reference``: a straightforward eager QSM update (benchmarks/reference_qsm.py, plain Adam);
 - ``sac``, ``td3``: TorchRL's SACLoss and TD3Loss agents as TorchRL's sota scripts build them;
-- ``*-compiled``: the same updates under ``torch.compile`` (mode "default" on CPU, "reduce-overhead" on CUDA).
+- ``*-compiled``: the same updates under ``torch.compile`` as the training script compiles them
+  (agents.compile_update: mode "default" on CPU, "reduce-overhead" on CUDA, the backward recomputing
+  pointwise results such as ReLU masks; ``--no-recompute-pointwise``: the partitioner's default, masks
+  saved from the forward, as ``compile.recompute_pointwise=false``). The choice is taken when an update
+  first compiles, and updates built by the same factory share their compiled code within a process,
+  so the two settings are compared across runs (by their roofline fractions, each measured in-run).
 
 It also prints the FLOPs of one update (matmuls, from torch.utils.flop_counter's formulas) divided by its
 time, against the same matmuls replayed alone (the roofline fraction), and the acting latency of each
@@ -39,7 +44,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sota-implementations" / "qsm"))
-from agents import make_qsm_agent, make_sac_agent, make_td3_agent  # noqa: E402
+from agents import compile_update, make_qsm_agent, make_sac_agent, make_td3_agent  # noqa: E402
 from reference_qsm import ReferenceQSM  # noqa: E402
 
 OBS_DIM, ACTION_DIM = 17, 6
@@ -60,7 +65,7 @@ def make_batch(batch_size: int, device) -> TensorDict:
     )
 
 
-def candidates(width: int, device, compiled: list[str]) -> dict:
+def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict:
     """``name: (update, actor)``; every agent as the training script builds it."""
     spec = Bounded(-torch.ones(ACTION_DIM), torch.ones(ACTION_DIM), (ACTION_DIM,), device=device)
     options = dict(hidden_sizes=(width, width), device=device)
@@ -88,7 +93,7 @@ def candidates(width: int, device, compiled: list[str]) -> dict:
     }
     mode = "reduce-overhead" if device.type == "cuda" else "default"
     for name in compiled:
-        out[f"{name}-compiled"] = (torch.compile(out[name][0], mode=mode), None)
+        out[f"{name}-compiled"] = (compile_update(out[name][0], mode=mode, recompute_pointwise=recompute, warmup=0), None)
     return out
 
 
@@ -197,6 +202,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--compile", nargs="*", default=["qsm", "qsm-bf16", "sac", "td3"], metavar="NAME",
                         help="candidates to also time under torch.compile (none: --compile with no name)")
+    parser.add_argument("--no-recompute-pointwise", action="store_true",
+                        help="compile with the partitioner's default (compile.recompute_pointwise=false)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -204,13 +211,13 @@ def main() -> None:
     # dynamo's default of 8 recompiles the last candidates' steps would silently run eager.
     torch._dynamo.config.recompile_limit = 64
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch}, "
-          f"rounds {args.rounds} x {args.iters} updates")
+          f"rounds {args.rounds} x {args.iters} updates, compiled with recompute_pointwise={not args.no_recompute_pointwise}")
     if device.type == "cuda":
         print(torch.cuda.get_device_name())
 
     for width in args.widths:
         print(f"\n=== widths {width}x{width} ===")
-        cands = candidates(width, device, args.compile)
+        cands = candidates(width, device, args.compile, not args.no_recompute_pointwise)
         batches = [make_batch(args.batch, device) for _ in range(args.iters)]
         warm = time.perf_counter()
         for name, (fn, _) in cands.items():  # warm-up (and compile)

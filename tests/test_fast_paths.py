@@ -1,10 +1,16 @@
 """Each speed option keeps the numbers of the plain path (tolerances stated per test)."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torchrl.objectives import SoftUpdate
 
 from conftest import make_actor, make_batch, make_critic
 from torchrl_qsm import QSMLoss
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sota-implementations" / "qsm"))
+from agents import compile_update  # noqa: E402
 
 
 def make_loss(**kwargs):
@@ -58,3 +64,31 @@ def test_fused_adam_takes_the_same_steps_as_the_loop_adam():
         losses.append(params)
     for plain, fused in zip(*losses):
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_the_inductor_compiled_update_gives_the_eager_losses_and_gradients():
+    # compile.compile=true runs the update through agents.compile_update: inductor, with the backward
+    # recomputing pointwise results (the ReLU critics' masks) instead of saving them. fallback_random
+    # makes inductor draw the eager random numbers; it fuses and reorders sums: rtol 1e-4, atol 1e-5.
+    loss = make_loss()
+    params = [p for p in loss.parameters() if p.requires_grad]
+    batch = make_batch((64,))
+
+    def update(batch):
+        out = loss(batch)
+        (out["loss_actor"] + out["loss_qvalue"]).backward()
+        return out.detach()
+
+    runs = []
+    with torch._inductor.config.patch(fallback_random=True):
+        for step in (update, compile_update(update, mode="default", warmup=0)):
+            torch.manual_seed(3)
+            out = step(batch.clone())
+            runs.append((out, [p.grad for p in params]))
+            loss.zero_grad(set_to_none=True)
+    (eager, eager_grads), (compiled, compiled_grads) = runs
+    assert all(grad is not None for grad in eager_grads + compiled_grads)
+    for key in ("loss_actor", "loss_qvalue"):
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-5)
+    for got, expected in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -29,9 +29,10 @@ import torch
 import tqdm
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from torchrl._utils import compile_with_warmup, timeit
+from torchrl._utils import timeit
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from agents import compile_update
 from torchrl_qsm import edge_fraction
 from utils import (
     load_checkpoint,
@@ -104,7 +105,7 @@ def main(cfg: DictConfig) -> None:
     update = agent.update
     if cfg.compile.compile:
         mode = cfg.compile.mode or ("reduce-overhead" if device.type == "cuda" else "default")
-        update = compile_with_warmup(update, mode=mode, warmup=1)
+        update = compile_update(update, mode=mode, recompute_pointwise=cfg.compile.recompute_pointwise)
 
     total_frames = cfg.collector.total_frames
     init_random_frames = cfg.collector.init_random_frames
