@@ -48,12 +48,13 @@ def test_chain_path_equals_the_contract_path(options):
 
 
 @pytest.mark.parametrize("options", [{}, {"layer_norm": True}, {"time_embedding": "sinusoidal", "cond_sizes": (4,)}])
-def test_per_step_time_table_equals_the_contract_path_in_values_and_gradients(options):
+@pytest.mark.parametrize("batch", [(64,), (4, 16)])
+def test_per_step_time_table_equals_the_contract_path_in_values_and_gradients(options, batch):
     # at_steps(a_t, s, t, T) computes the time term once per step and gathers it: the numbers of
     # eps_theta(cat([a_t, s, t])) per sample, and the same gradients for every parameter.
     net = EpsilonNetwork(A, O, **options)
-    x, obs, t = torch.randn(64, A), torch.randn(64, O), torch.randint(0, 5, (64,))
-    target = torch.randn(64, A)
+    x, obs, t = torch.randn(*batch, A), torch.randn(*batch, O), torch.randint(0, 5, batch)
+    target = torch.randn(*batch, A)
     table = net.at_steps(x, obs, t, num_steps=5)
     full = net(torch.cat([x, obs, t.float().unsqueeze(-1)], -1))
     torch.testing.assert_close(table, full, rtol=1e-5, atol=1e-6)
