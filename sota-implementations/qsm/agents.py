@@ -80,6 +80,8 @@ def compile_update(
     the generic 64-lane ``Vectorized<bool>``): 1.3 ms per [2, 256, 512] mask against 0.09 ms in eager,
     about 4 of the 29 ms of a compiled QSM update at widths 512. Recomputed, the mask is fused into the
     backward kernel that reads it; the values are the same (benchmarks/README.md, "Compiled updates").
+    The setting is read when the update compiles; dynamo does not guard on it, so within one process
+    updates of the same factory share the compiled code of whichever compiled first.
     """
     compiled = compile_with_warmup(update, mode=mode, warmup=warmup)
     if not recompute_pointwise:
