@@ -219,7 +219,6 @@ def main() -> None:
         print(f"\n=== widths {width}x{width} ===")
         cands = candidates(width, device, args.compile, not args.no_recompute_pointwise)
         batches = [make_batch(args.batch, device) for _ in range(args.iters)]
-        warm = time.perf_counter()
         for name, (fn, _) in cands.items():  # warm-up (and compile)
             t0 = time.perf_counter()
             for batch in batches[:3]:

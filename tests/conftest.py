@@ -1,6 +1,11 @@
 """Shared builders for the tests: small actors, critics and replay-like batches."""
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -12,6 +17,17 @@ from torchrl.modules import MLP, ValueOperator
 from torchrl_qsm import DiffusionActor
 
 OBS_DIM, ACTION_DIM = 5, 3
+SCRIPT_DIR = Path(__file__).resolve().parents[1] / "sota-implementations" / "qsm"
+
+
+def script_module(name: str) -> ModuleType:
+    """A module of the training script's folder (``agents``, ``utils``), imported without leaving the
+    folder on ``sys.path``, where its ``utils`` would shadow any other."""
+    sys.path.insert(0, str(SCRIPT_DIR))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(SCRIPT_DIR))
 
 
 def box(action_dim: int = ACTION_DIM, bound: float = 1.0) -> Bounded:

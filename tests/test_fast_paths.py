@@ -1,16 +1,12 @@
 """Each speed option keeps the numbers of the plain path (tolerances stated per test)."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torchrl.objectives import SoftUpdate
 
-from conftest import make_actor, make_batch, make_critic
+from conftest import make_actor, make_batch, make_critic, script_module
 from torchrl_qsm import QSMLoss
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sota-implementations" / "qsm"))
-from agents import compile_update  # noqa: E402
+compile_update = script_module("agents").compile_update
 
 
 def make_loss(**kwargs):

@@ -14,8 +14,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from torchrl.data import Bounded
 
+from conftest import SCRIPT_DIR, script_module
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT_DIR = ROOT / "sota-implementations" / "qsm"
 TINY = [
     "env=cartpole_swingup",
     "collector.total_frames=200",
@@ -149,11 +150,7 @@ def compose_config(*overrides: str):
     ],
 )
 def test_bad_configuration_is_refused_naming_the_field(overrides, message):
-    sys.path.insert(0, str(SCRIPT_DIR))
-    try:
-        from utils import validate_config
-    finally:
-        sys.path.remove(str(SCRIPT_DIR))
+    validate_config = script_module("utils").validate_config
     with pytest.raises(ValueError, match=message):
         validate_config(compose_config(*overrides))
 
@@ -167,11 +164,7 @@ def test_bad_configuration_fails_before_training(tmp_path):
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (SCRIPT_DIR / "env").glob("*.yaml")))
 def test_every_preset_is_a_valid_configuration(preset):
-    sys.path.insert(0, str(SCRIPT_DIR))
-    try:
-        from utils import validate_config
-    finally:
-        sys.path.remove(str(SCRIPT_DIR))
+    validate_config = script_module("utils").validate_config
     cfg = compose_config(f"env={preset}")
     validate_config(cfg)
     if preset in ("quadruped_walk", "humanoid_walk"):
@@ -182,12 +175,7 @@ def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_poli
     # compile.compile wraps the update in torch.compile; compile.policy is the Collector's compile_policy.
     run_script(tmp_path, "compile.compile=true", "compile.policy=true")
     assert_results(tmp_path, final_frame=200)
-    sys.path.insert(0, str(SCRIPT_DIR))
-    try:
-        from agents import make_td3_agent
-        from utils import make_collector
-    finally:
-        sys.path.remove(str(SCRIPT_DIR))
+    make_td3_agent, make_collector = script_module("agents").make_td3_agent, script_module("utils").make_collector
     spec = Bounded(-torch.ones(1), torch.ones(1), (1,))
     policy = make_td3_agent(5, spec, hidden_sizes=(8,)).exploration_policy
     for flag in (False, True):
