@@ -10,8 +10,8 @@ from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import AdditiveGaussianModule
 
-from conftest import ACTION_DIM, box, make_actor, OBS_DIM
-from torchrl_qsm import DiffusionActor, DiffusionPolicy, NoiseSchedule
+from _helpers import ACTION_DIM, box, make_actor, OBS_DIM
+from torchrl_qsm import DiffusionActor, DiffusionPolicy, DiffusionPolicyModule
 
 
 def observations(batch):
@@ -94,10 +94,58 @@ def test_module_offers_the_torchrl_diffusion_actor_contract():
     assert module.score_network(x).shape == (10, ACTION_DIM)
 
 
-def test_a_custom_score_network_takes_the_concatenated_layout():
+def test_a_custom_score_network_takes_the_concatenated_layout_and_gets_the_whole_contract():
     net = torch.nn.Linear(ACTION_DIM + OBS_DIM + 1, ACTION_DIM)
     actor = DiffusionActor(ACTION_DIM, score_network=net, spec=box())
     assert actor(observations((4,)))["action"].shape == (4, ACTION_DIM)
+    policy = actor.module
+    assert isinstance(policy, DiffusionPolicyModule)
+    x_t, obs, t = torch.randn(6, ACTION_DIM), torch.randn(6, OBS_DIM), torch.randint(0, 5, (6,))
+    by_contract = policy.predict_noise(x_t, obs, t)
+    torch.testing.assert_close(by_contract, net(torch.cat([x_t, obs, t.float().unsqueeze(-1)], -1)))
+    torch.testing.assert_close(policy.denoiser(obs)(x_t, 3), net(torch.cat([x_t, obs, torch.full((6, 1), 3.0)], -1)))
+
+
+def test_the_step_conditioned_fast_path_belongs_to_the_network_not_to_its_class():
+    # any network offering num_steps, predict_noise and denoiser is called through them
+    calls = []
+
+    class Recorded(torch.nn.Linear):
+        num_steps = 5
+
+        def predict_noise(self, x_t, observation, t):
+            calls.append("predict_noise")
+            return self(torch.cat([x_t, observation, t.float().unsqueeze(-1)], -1))
+
+        def denoiser(self, observation):
+            calls.append("denoiser")
+            return lambda x_t, t: self(torch.cat([x_t, observation, torch.full_like(x_t[..., :1], t)], -1))
+
+    actor = DiffusionActor(ACTION_DIM, score_network=Recorded(ACTION_DIM + OBS_DIM + 1, ACTION_DIM), spec=box())
+    actor(observations((4,)))
+    actor.module.predict_noise(torch.randn(2, ACTION_DIM), torch.randn(2, OBS_DIM), torch.zeros(2, dtype=torch.long))
+    assert calls == ["denoiser", "predict_noise"]
+
+
+def test_code_written_for_torchrl_s_diffusion_actor_runs_unchanged():
+    from torchrl.modules import DiffusionActor as TorchRLDiffusionActor
+
+    # TorchRL's docstring example: obs_dim is inferred from the first observation
+    actor = DiffusionActor(action_dim=2, num_steps=10)
+    assert actor(TensorDict({"observation": torch.randn(4, 3)}, batch_size=[4]))["action"].shape == (4, 2)
+    # the whole positional head of TorchRL's signature, then its keyword spec
+    head = (2, 3, None, 10, 1e-4, 0.02, ["obs"], ["act"])
+    spec = Bounded(-torch.ones(2), torch.ones(2), (2,))
+    ours, theirs = DiffusionActor(*head, spec=spec), TorchRLDiffusionActor(*head, spec=spec)
+    assert ours.in_keys == theirs.in_keys == ["obs"] and ours.out_keys == theirs.out_keys == ["act"]
+    torch.testing.assert_close(ours.module.betas, theirs.module.betas)  # beta_start/end: TorchRL's linear schedule
+    assert ours.module.num_steps == theirs.module.num_steps == 10
+    td = TensorDict(obs=torch.randn(5, 3), batch_size=[5])
+    assert ours(td.clone())["act"].shape == theirs(td.clone())["act"].shape == (5, 2)
+    # TorchRL's module contract, as DiffusionBCLoss uses it
+    t = torch.randint(0, 10, (5,))
+    noisy, eps = ours.module.add_noise(spec.rand((5,)), t)
+    assert ours.module.score_network(torch.cat([noisy, td["obs"], t.float().unsqueeze(-1)], -1)).shape == (5, 2)
 
 
 def test_custom_keys():
@@ -145,12 +193,14 @@ def test_bad_specs_and_sizes_are_refused_with_the_reason():
     inf = Bounded(-torch.ones(ACTION_DIM), torch.full((ACTION_DIM,), float("inf")), (ACTION_DIM,))
     with pytest.raises(ValueError, match="finite"):
         DiffusionActor(ACTION_DIM, OBS_DIM, spec=inf)
-    with pytest.raises(ValueError, match="needs obs_dim"):
-        DiffusionActor(ACTION_DIM)
     with pytest.raises(ValueError, match="num_steps"):
         DiffusionActor(ACTION_DIM, OBS_DIM, num_steps=0)
     with pytest.raises(ValueError, match="one observation"):
         DiffusionActor(ACTION_DIM, OBS_DIM, in_keys=["a", "b"])
+    with pytest.raises(ValueError, match="temperature .* finite"):
+        DiffusionActor(ACTION_DIM, OBS_DIM, temperature=float("nan"))
+    with pytest.raises(ValueError, match="beta_start set the linear schedule; schedule='vp' takes none"):
+        DiffusionActor(ACTION_DIM, OBS_DIM, beta_start=1e-3, schedule="vp")
 
 
 def test_no_spec_means_the_unit_box():

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchrl.objectives import SoftUpdate
 
-from conftest import make_actor, make_batch, make_critic, script_module
+from _helpers import make_actor, make_batch, make_critic, script_module
 from torchrl_qsm import QSMLoss
 
 compile_update = script_module("agents").compile_update

@@ -3,11 +3,12 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.collectors import Collector
+from torchrl.data import Composite
 from torchrl.envs import CatTensors, Compose, DMControlEnv, DoubleToFloat, InitTracker, RewardSum, StepCounter, TransformedEnv
-from torchrl.modules import DiffusionActor as TorchRLDiffusionActor
+from torchrl.modules import DiffusionActor as TorchRLDiffusionActor, SafeModule
 from torchrl.objectives import DiffusionBCLoss, SoftUpdate
 
-from conftest import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM
+from _helpers import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM
 from torchrl_qsm import DiffusionActor, QSMLoss
 
 
@@ -75,3 +76,51 @@ def test_our_actor_collects_on_dm_control_cheetah_run():
     action = batches[0]["action"]
     assert action.shape == (50, 6) and action_spec.is_in(action)
     assert torch.isfinite(batches[0]["next", "reward"]).all()
+
+
+class LinearGaussianPolicy(torch.nn.Module):
+    """A diffusion policy written from the contract alone (no torchrl_qsm class): eps = W [x_t, s, t]."""
+
+    num_steps = 3
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(ACTION_DIM + OBS_DIM + 1, ACTION_DIM)
+        self.register_buffer("alphas_cumprod", torch.tensor([0.9, 0.5, 0.1]))
+        self.calls = []
+
+    def normalize(self, action):
+        return action
+
+    def denormalize(self, x):
+        return x
+
+    def add_noise(self, action, t, noise=None):
+        noise = torch.randn_like(action) if noise is None else noise
+        alpha_bar = self.alphas_cumprod[t].unsqueeze(-1)
+        return alpha_bar.sqrt() * action + (1 - alpha_bar).sqrt() * noise, noise
+
+    def predict_noise(self, x_t, observation, t):
+        self.calls.append("predict_noise")
+        return self.net(torch.cat([x_t, observation, t.float().unsqueeze(-1)], -1))
+
+    def denoiser(self, observation):
+        return lambda x_t, t: self.net(torch.cat([x_t, observation, torch.full_like(x_t[..., :1], t)], -1))
+
+    def forward(self, observation):
+        x = torch.randn(*observation.shape[:-1], ACTION_DIM)
+        denoise = self.denoiser(observation)
+        for t in reversed(range(self.num_steps)):
+            x = (x - 0.1 * denoise(x, t)).clamp(-1, 1)
+        return x
+
+
+def test_qsm_loss_trains_any_module_that_offers_the_diffusion_policy_contract():
+    policy = LinearGaussianPolicy()
+    actor = SafeModule(policy, in_keys=["observation"], out_keys=["action"], spec=Composite(action=box()))
+    loss = QSMLoss(actor, make_critic())
+    SoftUpdate(loss, tau=0.005)
+    out = loss(make_batch((16,)))
+    (out["loss_actor"] + out["loss_qvalue"]).backward()
+    assert policy.calls == ["predict_noise", "predict_noise"]  # the first-call size probe, then the loss
+    assert policy.net.weight.grad is not None and policy.net.weight.grad.abs().sum() > 0

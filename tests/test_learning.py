@@ -5,8 +5,8 @@ the authors' T = 5 clipped sampler multiplies a deviation from the optimum by ab
 ``(1 - c_t alpha kappa) / sqrt(alpha_t)`` with ``c_t`` in 0.44..0.84 and ``kappa`` the curvature of
 Q in the action. Both critics below have ``kappa = 2`` at their maxima, so ``alpha = 1`` is in the
 stable range (the factor stays below 1 in size), while ``alpha = 50`` makes the chain oscillate
-and the clipping leaves every sample on the edges of the box (QSM.md, "A measured property of the
-faithful recipe"). The last test pins that documented collapse.
+and the clipping leaves every sample on the edges of the box (README, "The sampler's edge
+collapse"). The last test pins that documented collapse.
 
 Measured with the exact fixed point (no network), T = 5, 20k samples: quadratic critic, alpha 1:
 mean |a - a*| 0.07; alpha 2: 41% of components on the edges; alpha 5 and 50: all of them.
@@ -19,7 +19,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ValueOperator
 
-from conftest import box, DoubleWellCritic, make_actor, pin_critics, QuadraticCritic
+from _helpers import box, DoubleWellCritic, make_actor, pin_critics, QuadraticCritic
 from torchrl_qsm import QSMLoss
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def quadratic_setup(alpha, obs_dim=3, action_dim=2):
 
 
 def reference_chain(denoise, x_T, T):
-    """The authors' T-step sampler written out from QSM.md, independent of the library's schedule code."""
+    """The authors' T-step sampler written out (their diffusion.py), independent of the library's schedule code."""
     betas = [1 - math.exp(-0.1 / T - 0.5 * 9.9 * (2 * t - 1) / T**2) for t in range(1, T + 1)]
     alpha_bars = [math.prod(1 - b for b in betas[: t + 1]) for t in range(T)]
     x = x_T

@@ -1,4 +1,6 @@
 """QSMLoss: the TorchRL loss contract (TD3's test checklist) and the paper's two regressions."""
+import re
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -10,8 +12,9 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate, ValueEstimators
 
-from conftest import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM, pin_critics
+from _helpers import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM, pin_critics
 from torchrl_qsm import QSMLoss
+from torchrl_qsm.objectives.qsm import NonFiniteError
 
 
 def make_loss(**kwargs):
@@ -28,13 +31,12 @@ def grads(params):
 def test_actor_loss_regresses_eps_on_minus_alpha_mean_critic_gradient_at_the_noised_action():
     loss = make_loss(alpha=3.0)
     data = make_batch((16,))
-    torch.manual_seed(7)
-    actual, _ = loss.actor_loss(data)
-
-    torch.manual_seed(7)  # replay the loss's draws: t, then eps
     module = loss.actor_network.module
-    t = torch.randint(0, module.num_steps, (16,))
-    noised, _ = module.add_noise(data["action"], t)
+    t, eps = torch.randint(0, module.num_steps, (16,)), torch.randn(16, ACTION_DIM)
+    actual, _ = loss.actor_loss(data, t=t, noise=eps)
+
+    alpha_bar = module.alphas_cumprod[t].unsqueeze(-1)
+    noised = alpha_bar.sqrt() * data["action"] + (1 - alpha_bar).sqrt() * eps  # the box is [-1, 1]
     noised = noised.detach().requires_grad_()
     per_critic = []
     for params in loss.qvalue_network_params.detach().unbind(0):
@@ -53,7 +55,7 @@ def test_qvalue_loss_regresses_both_critics_on_the_min_target_at_a_fresh_chain_s
     torch.manual_seed(11)
     actual, _ = loss.qvalue_loss(data)
 
-    torch.manual_seed(11)  # replay: the chain sample at s' (RANDOM mode)
+    torch.manual_seed(11)  # replay the loss's only draw (policy_noise is 0): the chain sample at s' (RANDOM mode)
     with set_exploration_type(ExplorationType.RANDOM), torch.no_grad():
         next_action = loss.actor_network(data["next"].select("observation").clone())["action"]
     q_next, q_now = [], []
@@ -337,18 +339,86 @@ def test_missing_keys_are_named():
 def test_action_size_disagreements_are_refused():
     with pytest.raises(ValueError, match="action_dim=3 disagrees with the action spec"):
         QSMLoss(make_actor(), make_critic(), action_spec=box(4))
-    loss = make_loss(critic=make_critic(action_dim=4))
-    with pytest.raises(ValueError, match="critic, the actor and the action spec agree"):
-        loss(make_batch())
     with pytest.raises(ValueError, match="has 4 dims but the action bounds have 3"):
         make_loss()(make_batch(action_dim=4))
+    # on the first call, one transition through the critic names a critic built for other sizes
+    with pytest.raises(ValueError, match=r"the critic fails on one transition .*'action': \(3,\).* an action of 3 dims.*mat1 and mat2"):
+        make_loss(critic=make_critic(action_dim=4))(make_batch())
+
+
+def test_observations_of_the_wrong_size_or_dtype_are_named_with_the_fix():
+    with pytest.raises(ValueError, match="obs_dim=5, got size 6"):
+        make_loss().actor_loss(make_batch(obs_dim=6))
+    data = make_batch()
+    data["observation"] = data["observation"].double()
+    with pytest.raises(TypeError, match="'observation' is torch.float64 but the networks' parameters are torch.float32.*DoubleToFloat"):
+        make_loss()(data)
+
+
+class Interrupting(nn.Module):
+    """A critic that raises what it is given, as a Ctrl-C or an out-of-memory error would arrive mid-update."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.error, self.weight = error, nn.Parameter(torch.zeros(1))
+
+    def forward(self, observation, action):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("CUDA out of memory"), SystemExit(143)])
+@pytest.mark.parametrize("which", ["actor_loss", "qvalue_loss"])
+def test_exceptions_pass_through_the_loss_unchanged(error, which):
+    # tensordict's to_module context turns a BaseException into "Converting a tensordict to boolean
+    # value is not permitted"; the loss must neither let that happen nor rewrap any error
+    loss = make_loss(critic=ValueOperator(Interrupting(error), in_keys=["observation", "action"]))
+    loss._inputs_checked.update({"actor_loss", "qvalue_loss"})  # let the error arrive in the loss itself
+    before = dict(TensorDict.from_module(loss.actor_network).items(True, True))
+    with pytest.raises(type(error)) as caught:
+        getattr(loss, which)(make_batch())
+    assert caught.value is error
+    # and the actor's own tensors are back in place, as after a normal call
+    assert all(value is before[key] for key, value in TensorDict.from_module(loss.actor_network).items(True, True))
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [(("next", "reward"), float("nan")), ("observation", float("inf")), ("action", float("nan")), (("next", "observation"), -float("inf"))],
+)
+def test_a_non_finite_input_is_named_before_any_weight_is_touched(key, value):
+    loss = make_loss()
+    data = make_batch((8,))
+    data[key][5, 0] = value
+    with pytest.raises(NonFiniteError, match=rf"the input {re.escape(repr(key))} holds {value} at index \[5, 0\]"):
+        loss(data)
+
+
+def test_a_non_finite_weight_is_named_through_the_loss_it_breaks():
+    loss = make_loss()
+    with torch.no_grad():
+        loss.target_qvalue_network_params["module", "0", "weight"][0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"loss_qvalue is nan because target_qvalue_network_params\[\('module', '0', 'weight'\)\]"):
+        loss(make_batch())
+
+
+def test_the_finite_check_can_be_turned_off():
+    loss = make_loss(check_finite=False)
+    data = make_batch()
+    data["next", "reward"][0] = float("nan")
+    assert loss(data)["loss_qvalue"].isnan()
 
 
 def test_bad_options_are_refused_with_their_names():
-    with pytest.raises(ValueError, match="alpha .* must be > 0"):
+    with pytest.raises(ValueError, match="alpha .* must be finite and > 0"):
         make_loss(alpha=0.0)
-    with pytest.raises(ValueError, match="alpha"):
-        make_loss(alpha=-1.0)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            make_loss(alpha=bad)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="policy_noise must be finite and >= 0"):
+            make_loss(policy_noise=bad)
+    with pytest.raises(ValueError, match="noise_clip must be finite"):
+        make_loss(noise_clip=float("nan"))
     with pytest.raises(ValueError, match="Unknown grad_at 'sideways'"):
         make_loss(grad_at="sideways")
     with pytest.raises(ValueError, match="Unknown critic_reduction 'max'"):
@@ -372,15 +442,8 @@ def test_unbounded_spec_and_missing_bounds_are_refused():
 
 def test_actor_without_the_diffusion_contract_is_refused():
     plain = TensorDictModule(nn.Linear(OBS_DIM, ACTION_DIM), in_keys=["observation"], out_keys=["action"])
-    with pytest.raises(TypeError, match="DiffusionActor contract"):
+    with pytest.raises(TypeError, match=r"Linear is not a diffusion policy: it lacks \['num_steps', 'alphas_cumprod', 'add_noise', 'score_network'\]"):
         QSMLoss(plain, make_critic(), bounds=(-1, 1))
-
-
-def test_zero_denoising_steps_are_refused():
-    actor = make_actor()
-    actor.module.schedule.num_steps = 0
-    with pytest.raises(ValueError, match="T must be >= 1"):
-        QSMLoss(actor, make_critic())
 
 
 class ConstantCritic(nn.Module):
@@ -399,20 +462,22 @@ def test_data_score_target_is_the_noise_tilted_by_the_critic_and_reduces_to_diff
     actor = make_actor()
     # with grad_a Q = 0 the target is the drawn noise: QSM's actor loss is DiffusionBCLoss on the same draws
     flat = QSMLoss(actor, ValueOperator(ConstantCritic(), in_keys=["observation", "action"]), data_score=True)
-    torch.manual_seed(3)
-    qsm_value = flat.actor_loss(data.clone())[0]
+    torch.manual_seed(3)  # DiffusionBCLoss draws t, then eps: replayed, as it takes no explicit draws
+    t = torch.randint(0, actor.module.num_steps, (32,))
+    eps = torch.randn(32, ACTION_DIM)
+    qsm_value = flat.actor_loss(data.clone(), t=t, noise=eps)[0]
     torch.manual_seed(3)
     torch.testing.assert_close(qsm_value, DiffusionBCLoss(actor)(data.clone())["loss_diffusion_bc"])
 
     # with a critic: eps_target = eps - sigma_t * alpha * g, written out
-    loss = QSMLoss(actor, make_critic(), alpha=2.0, data_score=True)
-    torch.manual_seed(4)
-    actual = loss.actor_loss(data.clone())[0]
-    torch.manual_seed(4)
+    critic = make_critic()
+    loss = QSMLoss(actor, critic, alpha=2.0, data_score=True)
+    pin_critics(loss, critic)
+    actual = loss.actor_loss(data.clone(), t=t, noise=eps)[0]
     module = actor.module
-    t = torch.randint(0, module.num_steps, (32,))
-    noised, noise = module.add_noise(data["action"], t)
-    g = loss._action_gradient(data, noised, module.denormalize)
-    sigma = (1 - module.alphas_cumprod[t]).sqrt().unsqueeze(-1)
-    eps_pred = module.score_network(torch.cat([noised, data["observation"], t.float().unsqueeze(-1)], -1))
-    torch.testing.assert_close(actual, (eps_pred - (noise - sigma * 2.0 * g)).pow(2).mean())
+    alpha_bar = module.alphas_cumprod[t].unsqueeze(-1)
+    noised = (alpha_bar.sqrt() * data["action"] + (1 - alpha_bar).sqrt() * eps).requires_grad_()
+    (g,) = torch.autograd.grad(critic(data.select("observation").set("action", noised))["state_action_value"].sum(), noised)
+    sigma = (1 - alpha_bar).sqrt()
+    eps_pred = module.score_network(torch.cat([noised.detach(), data["observation"], t.float().unsqueeze(-1)], -1))
+    torch.testing.assert_close(actual, (eps_pred - (eps - sigma * 2.0 * g)).pow(2).mean())

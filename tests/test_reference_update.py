@@ -1,20 +1,14 @@
-"""The library's (fast) QSM update against a straightforward eager one written from QSM.md.
+"""The library's (fast) QSM update against a straightforward eager one written from the paper (reference_qsm.py).
 
 Same weights, batch and seed: the losses and every gradient must agree to float32 rounding
 (rtol 1e-4, atol 1e-5: the two compute the same sums in different orders).
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from conftest import make_actor, make_batch, make_critic
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reference_qsm import ReferenceQSM  # noqa: E402
-
-from torchrl_qsm import QSMLoss  # noqa: E402
+from _helpers import make_actor, make_batch, make_critic
+from reference_qsm import ReferenceQSM
+from torchrl_qsm import QSMLoss
 
 
 def trainable(loss):

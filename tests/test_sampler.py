@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from torchrl_qsm import chain_log_prob, ddpm_sample, NoiseSchedule
+from torchrl_qsm import ddpm_sample, NoiseSchedule
+from torchrl_qsm.diffusion.sampler import chain_log_prob
 
 
 def exact_eps_of_gaussian(schedule, mean, std):

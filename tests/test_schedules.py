@@ -8,7 +8,8 @@ from torchrl_qsm import NoiseSchedule
 
 
 def test_vp_matches_the_authors_formula_for_T5():
-    # QSM.md: beta_t = 1 - exp(-b_min/T - 0.5 (b_max - b_min)(2t - 1)/T^2), b_min 0.1, b_max 10, t = 1..T
+    # the authors' vp_beta_schedule (jaxrl5/networks/diffusion.py):
+    # beta_t = 1 - exp(-b_min/T - 0.5 (b_max - b_min)(2t - 1)/T^2), b_min 0.1, b_max 10, t = 1..T
     T = 5
     expected = [1 - math.exp(-0.1 / T - 0.5 * 9.9 * (2 * t - 1) / T**2) for t in range(1, T + 1)]
     schedule = NoiseSchedule(T, "vp")
@@ -59,3 +60,23 @@ def test_invalid_number_of_steps_is_refused(T):
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="Unknown noise schedule 'quadratic'"):
         NoiseSchedule(5, "quadratic")
+
+
+def test_linear_schedule_takes_torchrl_s_beta_range():
+    schedule = NoiseSchedule(4, "linear", beta_start=1e-3, beta_end=0.3)
+    torch.testing.assert_close(schedule.betas, torch.linspace(1e-3, 0.3, 4))
+    with pytest.raises(ValueError, match="takes no option \\['beta_start'\\]"):
+        NoiseSchedule(4, "vp", beta_start=1e-3)
+    with pytest.raises(ValueError, match="betas outside"):
+        NoiseSchedule(4, "linear", beta_start=0.5, beta_end=1.5)
+
+
+def test_loading_another_schedule_is_refused_because_the_sampler_would_disagree():
+    # the chain's step coefficients are fixed at construction: vp buffers in a cosine schedule
+    # would make the training noise (buffers) and the sampler (coefficients) disagree
+    cosine = NoiseSchedule(5, "cosine")
+    with pytest.raises(RuntimeError, match="the saved noise schedule .* is not this module's \\('cosine', T=5"):
+        cosine.load_state_dict(NoiseSchedule(5, "vp").state_dict())
+    with pytest.raises(RuntimeError, match="6 steps"):
+        cosine.load_state_dict(NoiseSchedule(6, "cosine").state_dict())
+    cosine.load_state_dict(NoiseSchedule(5, "cosine").state_dict())

@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torchrl.data import Bounded
 
-from conftest import SCRIPT_DIR, script_module
+from _helpers import SCRIPT_DIR, script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -1,8 +1,16 @@
 """Pure tensor code of a DDPM policy: schedules, time features, the eps-network, the sampler."""
 from torchrl_qsm.diffusion.activations import Mish
 from torchrl_qsm.diffusion.embeddings import FourierFeatures, SinusoidalFeatures
-from torchrl_qsm.diffusion.networks import EpsilonNetwork
-from torchrl_qsm.diffusion.sampler import chain_log_prob, ddpm_sample
+from torchrl_qsm.diffusion.networks import EpsilonNetwork, StepConditionedNetwork
+from torchrl_qsm.diffusion.sampler import ddpm_sample
 from torchrl_qsm.diffusion.schedules import NoiseSchedule
 
-__all__ = ["EpsilonNetwork", "Mish", "FourierFeatures", "NoiseSchedule", "SinusoidalFeatures", "chain_log_prob", "ddpm_sample"]
+__all__ = [
+    "EpsilonNetwork",
+    "FourierFeatures",
+    "Mish",
+    "NoiseSchedule",
+    "SinusoidalFeatures",
+    "StepConditionedNetwork",
+    "ddpm_sample",
+]

@@ -31,7 +31,7 @@ def ddpm_sample(
     floats only: ``torch.compile`` unrolls it with no graph break.
 
     Args:
-        denoise: ``eps_hat(x, t)`` for an int ``t`` (see ``EpsilonNetwork.conditioned_on``).
+        denoise: ``eps_hat(x, t)`` for an int ``t`` (see ``EpsilonNetwork.denoiser``).
         x_T: the starting latent, ``[*B, A]`` (``N(0, I)`` for a sample).
         noise: ``z_t`` of each step, ``[T, *B, A]``; ``None`` runs the noise-free chain.
         schedule: the noise schedule.

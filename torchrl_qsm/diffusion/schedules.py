@@ -10,14 +10,14 @@ A schedule with ``T`` denoising steps is a sequence of variances ``beta_t``, ``t
 """
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Literal
+from typing import get_args, Literal
 
 import torch
 from torch import nn
 
 ScheduleName = Literal["vp", "cosine", "linear"]
-SCHEDULES: tuple[str, ...] = ("vp", "cosine", "linear")
 
 
 def vp_betas(num_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> torch.Tensor:
@@ -65,10 +65,13 @@ class NoiseSchedule(nn.Module):
     Args:
         num_steps: ``T``, the number of denoising steps (``T >= 1``).
         kind: ``"vp"`` (default, the QSM authors' schedule), ``"cosine"`` or ``"linear"``.
+        **options: the keyword arguments of the kind's betas function (e.g. ``beta_start`` and
+            ``beta_end`` of :func:`linear_betas`).
 
     Buffers (each of shape ``[T]``): ``betas``, ``alphas``, ``alphas_cumprod`` (alpha_bar) and
-    ``sigmas`` (``sqrt(1 - alpha_bar)``). The buffers stay float32 when the module is cast to a half
-    precision dtype: the products of ``T`` factors lose their meaning in bf16.
+    ``sigmas`` (``sqrt(1 - alpha_bar)``). The buffers stay float32 whatever dtype the module is
+    cast to (the products of ``T`` factors lose their meaning in bf16). Loading a state dict whose
+    betas differ from this schedule's is refused: ``step_coefficients`` are fixed at construction.
 
     ``step_coefficients`` holds, as Python floats, the three numbers of each ancestral DDPM step used
     by :func:`~torchrl_qsm.diffusion.sampler.ddpm_sample`::
@@ -81,15 +84,21 @@ class NoiseSchedule(nn.Module):
     is fixed, and constants cost the chain no tensor op, no device transfer and no compile guard.
     """
 
-    def __init__(self, num_steps: int, kind: ScheduleName = "vp") -> None:
+    def __init__(self, num_steps: int, kind: ScheduleName = "vp", **options: float) -> None:
         super().__init__()
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps (T) must be an integer >= 1, got {num_steps!r}.")
         if kind not in _BETAS:
-            raise ValueError(f"Unknown noise schedule {kind!r}; expected one of {SCHEDULES}.")
+            raise ValueError(f"Unknown noise schedule {kind!r}; expected one of {get_args(ScheduleName)}.")
+        accepted = inspect.signature(_BETAS[kind]).parameters
+        unknown = [name for name in options if name not in accepted or name == "num_steps"]
+        if unknown:
+            raise ValueError(f"The {kind!r} schedule takes no option {unknown}; it takes {list(accepted)[1:]}.")
         self.num_steps = num_steps
         self.kind = kind
-        betas = _BETAS[kind](num_steps)
+        betas = _BETAS[kind](num_steps, **options)
+        if not (torch.isfinite(betas).all() and (betas > 0).all() and (betas < 1).all()):
+            raise ValueError(f"The {kind!r} schedule with {options} gives betas outside (0, 1): {betas.tolist()}.")
         alphas = 1 - betas
         alphas_cumprod = torch.cumprod(alphas, 0)
         sigmas = (1 - alphas_cumprod).sqrt()
@@ -101,8 +110,22 @@ class NoiseSchedule(nn.Module):
             (a, b, c) for a, b, c in zip(alphas.rsqrt().tolist(), (betas / (alphas.sqrt() * sigmas)).tolist(), noise.tolist())
         ]
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # The chain's step coefficients are fixed at construction: loading another schedule's buffers
+        # would make the training noise and the sampler disagree, so a different schedule is refused.
+        loaded = state_dict.get(prefix + "betas")
+        if loaded is not None and (loaded.shape != self.betas.shape or not torch.allclose(loaded.to(self.betas), self.betas)):
+            error_msgs.append(
+                f"{prefix}betas: the saved noise schedule ({loaded.numel()} steps, betas {loaded.tolist()}) is not this "
+                f"module's ({self.kind!r}, T={self.num_steps}, betas {self.betas.tolist()}); build the actor with the "
+                "saved schedule and number of steps."
+            )
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
     def _apply(self, fn, recurse=True):
-        # Keep the schedule in float32 whatever dtype the module is cast to; devices still move.
+        # Keep the schedule in float32 whatever dtype the module is cast to (the products of T
+        # factors lose their meaning in half precision, and float64 buys nothing); devices still move.
         float32 = dict(self._buffers)
         super()._apply(fn, recurse=recurse)
         for name, buffer in float32.items():

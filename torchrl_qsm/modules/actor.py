@@ -1,16 +1,18 @@
 """``DiffusionActor``: a DDPM policy as a TorchRL ``TensorDictModule``."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from tensordict.nn.probabilistic import interaction_type, InteractionType
 from tensordict.utils import NestedKey
 from torch import nn
-from torchrl.data import Bounded, Composite, TensorSpec
+from torchrl.data import Composite, TensorSpec
 from torchrl.modules import SafeModule
 
-from torchrl_qsm.diffusion.networks import Denoiser, EpsilonNetwork
+from torchrl_qsm.contract import bounded_action_spec
+from torchrl_qsm.diffusion.networks import Denoiser, EpsilonNetwork, step_conditioned
 from torchrl_qsm.diffusion.sampler import chain_log_prob, ddpm_sample
 from torchrl_qsm.diffusion.schedules import NoiseSchedule, ScheduleName
 
@@ -21,20 +23,15 @@ class DiffusionPolicy(nn.Module):
     The chain runs in ``x in [-1, 1]^A`` and maps to the action box ``[low, high]`` by
     ``a = loc + scale * x`` with ``loc = (high + low) / 2``, ``scale = (high - low) / 2``.
 
-    This module carries the contract of TorchRL's ``DiffusionActor`` module, so that TorchRL's
-    ``DiffusionBCLoss`` and :class:`~torchrl_qsm.QSMLoss` train it unchanged:
-
-    - ``num_steps`` (``T``), ``alphas_cumprod`` (and ``betas``, ``alphas``);
-    - ``add_noise(action, t) -> (x_t, eps)``: ``x_t = sqrt(alpha_bar_t) x + sqrt(1 - alpha_bar_t) eps``
-      where ``x = normalize(action)`` (``x_t`` lies in the normalised space);
-    - ``score_network(cat([x_t, observation, t], -1))``: the eps prediction.
-
-    and, beyond it, ``normalize`` / ``denormalize`` (found by QSMLoss to take ``grad_a Q`` in the
-    chain's coordinates).
+    It implements :class:`~torchrl_qsm.contract.DiffusionPolicyModule`, what
+    :class:`~torchrl_qsm.QSMLoss` uses, and keeps the contract of TorchRL's ``DiffusionActor``
+    module (``num_steps``, ``alphas_cumprod``, ``add_noise(action, t)``,
+    ``score_network(cat([x_t, observation, t]))``), what TorchRL's ``DiffusionBCLoss`` uses. The
+    eps predictions go through the score network's own ``predict_noise``/``denoiser`` when it has
+    them (:class:`~torchrl_qsm.EpsilonNetwork` does), else through ``cat([x_t, observation, t])``.
 
     Args:
-        score_network: the eps-network (``cat([x_t, s, t]) -> eps``); an
-            :class:`~torchrl_qsm.EpsilonNetwork` also gives a faster chain.
+        score_network: the eps-network.
         action_dim: ``A``.
         schedule: the noise schedule (``T`` steps).
         low, high: the action bounds, shape ``[A]``.
@@ -56,8 +53,9 @@ class DiffusionPolicy(nn.Module):
         temperature: float = 1.0,
     ) -> None:
         super().__init__()
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}.")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature (the scale of the chain's injected noise) must be finite and >= 0, got {temperature}.")
+        step_conditioned(score_network, schedule.num_steps)  # refuses a network built for another T
         self.score_network = score_network
         self.action_dim = action_dim
         self.schedule = schedule
@@ -93,28 +91,25 @@ class DiffusionPolicy(nn.Module):
         return self.action_loc + self.action_scale * x
 
     def add_noise(
-        self, clean_action: torch.Tensor, t: torch.Tensor
+        self, clean_action: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward process at integer steps ``t`` (shape ``action.shape[:-1]``).
 
-        Returns ``(x_t, eps)`` with ``x_t = sqrt(alpha_bar_t) normalize(action) + sqrt(1 - alpha_bar_t) eps``.
+        Returns ``(x_t, eps)`` with ``x_t = sqrt(alpha_bar_t) normalize(action) + sqrt(1 - alpha_bar_t) eps``,
+        ``eps = noise`` if given, else drawn from ``N(0, I)``.
         """
         x = self.normalize(clean_action)
-        eps = torch.randn_like(x)
+        eps = torch.randn_like(x) if noise is None else noise
         alpha_bar = self.schedule.alphas_cumprod[t].unsqueeze(-1)
         return alpha_bar.sqrt() * x + (1 - alpha_bar).sqrt() * eps, eps
 
+    def predict_noise(self, x_t: torch.Tensor, observation: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``eps_theta(x_t, s, t)`` for integer steps ``t`` (shape ``x_t.shape[:-1]``)."""
+        return step_conditioned(self.score_network, self.num_steps).predict_noise(x_t, observation, t)
+
     def denoiser(self, observation: torch.Tensor) -> Denoiser:
         """``eps_hat(x_t, t)`` at a fixed observation ``[N, obs_dim]``, for the reverse chain."""
-        net = self.score_network
-        if isinstance(net, EpsilonNetwork):
-            return net.conditioned_on(observation, self.num_steps)
-
-        def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
-            step = torch.full_like(observation[..., :1], t)
-            return net(torch.cat([x, observation, step], -1))
-
-        return denoise
+        return step_conditioned(self.score_network, self.num_steps).denoiser(observation)
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
         """Samples ``a ~ pi(. | observation)`` for any leading batch shape.
@@ -167,48 +162,36 @@ class DiffusionPolicy(nn.Module):
         return f"action_dim={self.action_dim}, clip_sample={self.clip_sample}, temperature={self.temperature}"
 
 
-def bounded_action_spec(spec: TensorSpec | None, action_key: NestedKey, action_dim: int) -> Bounded:
-    """The ``Bounded`` spec of the action in ``spec`` (``None``: the ``[-1, 1]`` box).
-
-    Raises ``ValueError`` naming the problem when the spec is not a finite box of ``action_dim``.
-    """
-    if spec is None:
-        return Bounded(-torch.ones(action_dim), torch.ones(action_dim), (action_dim,))
-    if isinstance(spec, Composite):
-        if action_key not in spec.keys(True):
-            raise ValueError(f"The action spec has no entry {action_key!r}: {spec}.")
-        spec = spec[action_key]
-    if not isinstance(spec, Bounded):
-        raise ValueError(
-            f"A diffusion policy samples in a box: the action spec must be Bounded, got {type(spec).__name__}."
-        )
-    low, high = spec.space.low, spec.space.high
-    if not (torch.isfinite(low).all() and torch.isfinite(high).all()) or (low >= high).any():
-        raise ValueError(f"The action spec's bounds must be finite with low < high, got [{low}, {high}].")
-    if spec.shape[-1] != action_dim:
-        raise ValueError(
-            f"action_dim={action_dim} disagrees with the action spec, whose last dim is {spec.shape[-1]}."
-        )
-    return spec
-
-
 class DiffusionActor(SafeModule):
     """A diffusion-model policy for TorchRL: ``in_keys=["observation"] -> out_keys=["action"]``.
 
-    Built like TorchRL's ``torchrl.modules.DiffusionActor`` and usable wherever it is
-    (collectors, ``DiffusionBCLoss``, target updaters, ``torch.compile``), with the QSM authors'
-    recipe by default: ``T = 5`` steps, the "vp" schedule, a clipped DDPM sampler and the eps-network
-    of :class:`~torchrl_qsm.EpsilonNetwork`. The chain runs in ``[-1, 1]`` and its samples are
-    mapped to the bounds of ``spec``, so every action is valid.
+    Constructed like ``torchrl.modules.DiffusionActor`` (the same positional and keyword head:
+    ``action_dim, obs_dim, score_network, num_steps, beta_start, beta_end, in_keys, out_keys, spec``;
+    this class's own options are keyword-only after it) and usable wherever it is (collectors,
+    ``DiffusionBCLoss``, target updaters, ``torch.compile``), with the QSM authors' recipe by default.
+    What differs from TorchRL's actor, by design:
+
+    - ``T = 5`` steps and the "vp" schedule by default (TorchRL: 100 steps, linear betas from
+      ``beta_start`` to ``beta_end``); passing ``beta_start``/``beta_end`` selects the linear schedule
+      with those values, as TorchRL's actor does;
+    - the chain runs in ``[-1, 1]`` and its samples are mapped to the bounds of ``spec``, clipped
+      after every step, so every action is valid (TorchRL's chain runs unclipped in action units);
+      ``spec=None`` means the box ``[-1, 1]^A``;
+    - the default eps-network is :class:`~torchrl_qsm.EpsilonNetwork` (learnable Fourier time
+      features, a conditioning MLP, mish; TorchRL's: an MLP over ``cat([x_t, s, t])`` with SiLU).
+
+    A custom ``score_network`` takes ``cat([x_t, s, t])`` with ``t`` the raw integer step as a float,
+    as in TorchRL. It is not a subclass of TorchRL's class: that class's constructor always builds
+    its own inner module (linear schedule, unclipped chain), which this one replaces.
 
     Exploration (``tensordict.nn.set_exploration_type``):
 
     - ``RANDOM`` (collectors' default), ``MEAN``, ``MODE`` or unset: a stochastic sample of the
       chain (``x_T ~ N(0, I)``, noise at every step). Evaluate this way to follow the authors.
     - ``DETERMINISTIC``: the chain from ``x_T = 0`` with no injected noise, a repeatable action
-      (a fixed latent, not the policy's mode; the authors never evaluate like this). It is also
-      what a TorchRL ``LossModule`` sets by default, so losses that sample (QSMLoss does) switch
-      back to ``RANDOM`` themselves.
+      (a fixed latent, not the policy's mode; the authors never evaluate like this), as TorchRL's
+      actor does. It is also what a TorchRL ``LossModule`` sets by default, so losses that sample
+      (QSMLoss does) switch back to ``RANDOM`` themselves.
 
     The paper's exploration noise ``N(0, 0.1^2)`` composes the TorchRL way and stays off in
     evaluation by evaluating the bare actor::
@@ -217,16 +200,18 @@ class DiffusionActor(SafeModule):
 
     Args:
         action_dim: size of the action.
-        obs_dim: size of the observation (needed to build the default eps-network).
+        obs_dim: size of the observation (``None``: inferred from the first observation, as TorchRL's
+            default network does; run one forward before building optimizers).
         score_network: a custom eps-network taking ``cat([x_t, s, t])``; default
-            ``EpsilonNetwork(action_dim, obs_dim, hidden_sizes=hidden_sizes)``.
+            ``EpsilonNetwork(action_dim, obs_dim, num_steps=num_steps, hidden_sizes=hidden_sizes)``.
         num_steps: ``T``, the number of denoising steps (default 5, the authors').
+        beta_start, beta_end: the linear schedule's first and last ``beta`` (selects ``schedule="linear"``).
         in_keys: default ``["observation"]`` (one flat observation).
         out_keys: default ``["action"]``.
 
     Keyword Args:
         spec: the action spec (``Bounded`` or a ``Composite`` holding it); ``None`` is ``[-1, 1]^A``.
-        schedule: ``"vp"`` (default), ``"cosine"`` or ``"linear"``.
+        schedule: ``"vp"`` (the default without betas), ``"cosine"`` or ``"linear"``.
         clip_sample: clip to the box after every denoising step (default ``True``).
         temperature: scale of the injected noise (default 1.0).
         hidden_sizes: widths of the default eps-network (default 256 x 256, the paper's text).
@@ -249,11 +234,13 @@ class DiffusionActor(SafeModule):
         obs_dim: int | None = None,
         score_network: nn.Module | None = None,
         num_steps: int = 5,
+        beta_start: float | None = None,
+        beta_end: float | None = None,
         in_keys: Sequence[NestedKey] | None = None,
         out_keys: Sequence[NestedKey] | None = None,
         *,
         spec: TensorSpec | None = None,
-        schedule: ScheduleName = "vp",
+        schedule: ScheduleName | None = None,
         clip_sample: bool = True,
         temperature: float = 1.0,
         hidden_sizes: Sequence[int] = (256, 256),
@@ -266,15 +253,17 @@ class DiffusionActor(SafeModule):
                 f"DiffusionActor reads one observation and writes one action, got in_keys={in_keys}, "
                 f"out_keys={out_keys}; concatenate observations first (CatTensors)."
             )
+        betas = {name: value for name, value in (("beta_start", beta_start), ("beta_end", beta_end)) if value is not None}
+        if betas and schedule not in (None, "linear"):
+            raise ValueError(f"{' and '.join(betas)} set the linear schedule; schedule={schedule!r} takes none.")
+        schedule = schedule or ("linear" if betas else "vp")
         if score_network is None:
-            if obs_dim is None:
-                raise ValueError("DiffusionActor needs obs_dim to build its eps-network (or pass score_network).")
-            score_network = EpsilonNetwork(action_dim, obs_dim, hidden_sizes=hidden_sizes)
+            score_network = EpsilonNetwork(action_dim, obs_dim, num_steps=num_steps, hidden_sizes=hidden_sizes)
         action_spec = bounded_action_spec(spec, out_keys[0], action_dim)
         policy = DiffusionPolicy(
             score_network,
             action_dim,
-            NoiseSchedule(num_steps, schedule),
+            NoiseSchedule(num_steps, schedule, **betas),
             action_spec.space.low,
             action_spec.space.high,
             clip_sample=clip_sample,

@@ -1,9 +1,10 @@
 """``QSMLoss``: Q-score matching (Psenka et al., ICML 2024) as a TorchRL ``LossModule``."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args, Literal
 
 import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
@@ -14,19 +15,19 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
     _cache_values,
-    _vmap_func,
+    _pseudo_vmap,
     dispatch_value_estimator,
     distance_loss,
     ValueEstimators,
 )
 
+from torchrl_qsm.contract import bounded_action_spec, diffusion_policy, DiffusionPolicyModule
 from torchrl_qsm.diagnostics import edge_fraction
-from torchrl_qsm.diffusion.networks import EpsilonNetwork
-from torchrl_qsm.modules.actor import bounded_action_spec
 
-GRAD_AT = ("noised", "clean")
-CRITIC_REDUCTIONS = ("mean", "min")
-LOSS_FUNCTIONS = ("l2", "l1", "smooth_l1")
+GradAt = Literal["noised", "clean"]
+CriticReduction = Literal["mean", "min"]
+LossFunction = Literal["l2", "l1", "smooth_l1"]
+Reduction = Literal["mean", "sum", "none"]
 
 
 class QSMLoss(LossModule):
@@ -48,16 +49,17 @@ class QSMLoss(LossModule):
     ``alpha`` times the score target ``grad_a Q``. ``alpha`` is the paper's scale of ``grad_a Q``
     (the authors' ``M_q``): at the fixed point ``pi(a|s) ~ exp(alpha Q(s, a))`` (paper eq. 20), so
     it acts as an inverse temperature. Only one eps-network evaluation per sample is
-    differentiated, never the ``T``-step chain. Actions live in the chain's normalised ``[-1, 1]``
-    box when the actor offers ``normalize``/``denormalize`` (:class:`~torchrl_qsm.DiffusionActor`
-    does), and ``g`` is taken with respect to those coordinates.
+    differentiated, never the ``T``-step chain. ``a_t`` and ``g`` live in the chain's coordinates
+    (``normalize``/``denormalize`` of the contract: the ``[-1, 1]`` box of
+    :class:`~torchrl_qsm.DiffusionActor`), ``g`` taken through ``denormalize``.
 
     Args:
-        actor_network: the diffusion actor, offering the contract of TorchRL's ``DiffusionActor``
-            through its ``.module``: ``num_steps``, ``add_noise(action, t)`` and
-            ``score_network(cat([a_t, obs, t]))``. :class:`~torchrl_qsm.DiffusionActor` and
-            ``torchrl.modules.DiffusionActor`` both qualify. Pass the bare actor, not an
-            exploration wrapper.
+        actor_network: the diffusion actor, a ``TensorDictModule`` with one in_key and one out_key
+            whose ``.module`` offers :class:`~torchrl_qsm.contract.DiffusionPolicyModule`
+            (:class:`~torchrl_qsm.DiffusionActor` does), or the smaller contract of TorchRL's
+            ``DiffusionActor`` (``num_steps``, ``alphas_cumprod``, ``add_noise``, ``score_network``),
+            which :func:`~torchrl_qsm.contract.diffusion_policy` completes. The loss uses nothing
+            else of it. Pass the bare actor, not an exploration wrapper.
         qvalue_network: ``Q(s, a)``, a ``TensorDictModule`` reading the action and the observation
             and writing ``state_action_value``; copied ``num_qvalue_nets`` times and run through
             ``vmap``.
@@ -82,6 +84,11 @@ class QSMLoss(LossModule):
             ``g = 0`` it is DiffusionBCLoss).
         policy_noise: std of the smoothing noise on next actions, in action units (default 0.1).
         noise_clip: clip of that noise (default ``None``: not clipped, as the authors').
+        check_finite: raise :class:`NonFiniteError`, naming the key or the loss, when an input the
+            loss reads or a loss it returns is NaN or infinite (before any optimizer step can spread
+            it into the weights). ``None`` (default): where it costs no device synchronisation, i.e.
+            for CPU tensors outside ``torch.compile``; ``True``: always (on CUDA one host sync per
+            loss call); ``False``: never.
         loss_function: critic regression, ``"l2"`` (default), ``"l1"`` or ``"smooth_l1"``.
         delay_qvalue: keep target critics (default ``True``); update them with ``SoftUpdate``.
         priority_key: where ``forward`` writes the TD error (default ``"td_error"``).
@@ -164,29 +171,31 @@ class QSMLoss(LossModule):
         bounds: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
         num_qvalue_nets: int = 2,
         alpha: float = 50.0,
-        grad_at: Literal["noised", "clean"] = "noised",
-        critic_reduction: Literal["mean", "min"] = "mean",
+        grad_at: GradAt = "noised",
+        critic_reduction: CriticReduction = "mean",
         normalize_grad: bool = False,
         data_score: bool = False,
         policy_noise: float = 0.1,
         noise_clip: float | None = None,
-        loss_function: Literal["l2", "l1", "smooth_l1"] = "l2",
+        loss_function: LossFunction = "l2",
         delay_qvalue: bool = True,
         priority_key: NestedKey | None = None,
-        reduction: Literal["mean", "sum", "none"] | None = None,
+        reduction: Reduction | None = None,
         deactivate_vmap: bool = False,
         use_prioritized_weights: str | bool = "auto",
+        check_finite: bool | None = None,
     ) -> None:
         self._in_keys = None
         super().__init__()
-        _check_choice("grad_at", grad_at, GRAD_AT)
-        _check_choice("critic_reduction", critic_reduction, CRITIC_REDUCTIONS)
-        _check_choice("loss_function", loss_function, LOSS_FUNCTIONS)
-        _check_choice("reduction", "mean" if reduction is None else reduction, ("mean", "sum", "none"))
-        if not alpha > 0:
-            raise ValueError(f"alpha (the scale of grad_a Q) must be > 0, got {alpha}.")
-        if policy_noise < 0 or (noise_clip is not None and noise_clip < 0):
-            raise ValueError(f"policy_noise and noise_clip must be >= 0, got {policy_noise} and {noise_clip}.")
+        _check_choice("grad_at", grad_at, GradAt)
+        _check_choice("critic_reduction", critic_reduction, CriticReduction)
+        _check_choice("loss_function", loss_function, LossFunction)
+        _check_choice("reduction", "mean" if reduction is None else reduction, Reduction)
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha (the scale of grad_a Q) must be finite and > 0, got {alpha}.")
+        for name, value in (("policy_noise", policy_noise), ("noise_clip", noise_clip)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}.")
         if num_qvalue_nets < 1:
             raise ValueError(f"num_qvalue_nets must be >= 1, got {num_qvalue_nets}.")
         module = _diffusion_module(actor_network)
@@ -206,6 +215,8 @@ class QSMLoss(LossModule):
         self.num_qvalue_nets = num_qvalue_nets
         self.delay_qvalue = delay_qvalue
         self.deactivate_vmap = deactivate_vmap
+        self.check_finite = check_finite
+        self._inputs_checked: set[str] = set()
 
         self.convert_to_functional(actor_network, "actor_network")
         self.convert_to_functional(
@@ -217,10 +228,16 @@ class QSMLoss(LossModule):
         self._make_vmap()
 
     def _make_vmap(self) -> None:
-        # Same data, one set of parameters per critic: Q of shape [num_qvalue_nets, *B, 1].
-        self._vmap_qvalue_networkN0 = _vmap_func(
-            self.qvalue_network, (None, 0), randomness=self.vmap_randomness, pseudo_vmap=self.deactivate_vmap
-        )
+        # Same data, one set of parameters per critic: Q of shape [num_qvalue_nets, *B, 1]. TorchRL's
+        # _vmap_func, with the parameters swapped in by _swapped_in (exceptions pass unchanged).
+        critic = self.qvalue_network
+
+        def call(critic_input: TensorDictBase, params: TensorDictBase) -> TensorDictBase:
+            with _swapped_in(params, critic):
+                return critic(critic_input)
+
+        vmap = _pseudo_vmap if self.deactivate_vmap else torch.vmap
+        self._vmap_qvalue_networkN0 = vmap(call, (None, 0), randomness=self.vmap_randomness)
 
     # --- keys -------------------------------------------------------------------------------------
     def _forward_value_estimator_keys(self, **kwargs) -> None:
@@ -256,6 +273,19 @@ class QSMLoss(LossModule):
         self._in_keys = values
 
     def _check_input(self, tensordict: TensorDictBase, keys: Sequence[NestedKey], role: str) -> None:
+        """Names a missing key, a wrong action size or dtype; then, if enabled, non-finite inputs.
+
+        The structural checks run on a role's first call only (the data's layout does not change
+        between updates); :meth:`_check_finite` runs on every call it is enabled for.
+        """
+        if role not in self._inputs_checked:
+            self._check_layout(tensordict, keys, role)
+            self._inputs_checked.add(role)
+        if self._finite_checks_on(tensordict):
+            for key in keys:
+                _raise_if_non_finite(tensordict.get(key), f"QSMLoss.{role}: the input {key!r}")
+
+    def _check_layout(self, tensordict: TensorDictBase, keys: Sequence[NestedKey], role: str) -> None:
         for key in keys:
             if tensordict.get(key, None) is None:
                 raise _MissingKeyError(
@@ -269,6 +299,47 @@ class QSMLoss(LossModule):
                 f"The action {self.tensor_keys.action!r} has {action.shape[-1]} dims but the action "
                 f"bounds have {self.max_action.shape[-1]}."
             )
+        dtype = next(p for p in self.actor_network_params.values(True, True) if p.is_floating_point()).dtype
+        for key in [self.tensor_keys.action, *self.actor_network.in_keys, *self.qvalue_network.in_keys]:
+            value = tensordict.get(key, None)
+            if value is not None and value.is_floating_point() and value.dtype != dtype:
+                raise TypeError(
+                    f"QSMLoss.{role}: the input {key!r} is {value.dtype} but the networks' parameters are {dtype}; "
+                    "convert the data (TorchRL's DoubleToFloat transform on a float64 environment) or the networks."
+                )
+
+        if not self._inputs_checked:  # the first call of any loss
+            self._probe_networks(tensordict, role)
+
+    def _probe_networks(self, tensordict: TensorDictBase, role: str) -> None:
+        """One transition through the eps-network and the first critic, so that a network built for
+        other sizes is named as such (the actor's own checks speak first)."""
+        transition = tensordict.reshape(-1)[:1]
+        action = transition.get(self.tensor_keys.action)
+        with torch.no_grad(), _swapped_in(self.actor_network_params, self.actor_network):
+            policy = diffusion_policy(self.actor_network.module)
+            self._probe(
+                "the actor's eps-network", role, transition.select(*self.actor_network.in_keys),
+                lambda obs: policy.predict_noise(action, obs.get(self.actor_network.in_keys[0]), action.new_zeros(1, dtype=torch.long)),
+            )
+        critic_input = transition.select(*self.qvalue_network.in_keys, strict=False).clone()
+        with torch.no_grad(), _swapped_in(self.qvalue_network_params[0], self.qvalue_network):
+            self._probe("the critic", role, critic_input, self.qvalue_network)
+
+    def _probe(self, what: str, role: str, inputs: TensorDictBase, run: Callable) -> None:
+        try:
+            run(inputs)
+        except RuntimeError as err:
+            sizes = {key: tuple(value.shape[1:]) for key, value in inputs.items(True, True)}
+            raise ValueError(
+                f"QSMLoss.{role}: {what} fails on one transition of the batch, whose inputs have sizes {sizes} (and an "
+                f"action of {self.max_action.shape[-1]} dims): {err}. Build it for these sizes."
+            ) from err
+
+    def _finite_checks_on(self, tensordict: TensorDictBase) -> bool:
+        if self.check_finite is not None:
+            return self.check_finite
+        return self.min_action.device.type == "cpu" and not torch.compiler.is_compiling()
 
     # --- critics ----------------------------------------------------------------------------------
     @property
@@ -279,15 +350,7 @@ class QSMLoss(LossModule):
     def _critics(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
         """``Q_i(s, a)`` of every critic, ``[num_qvalue_nets, *B, 1]``."""
         critic_input = tensordict.select(*self.qvalue_network.in_keys, strict=False)
-        try:
-            out = self._vmap_qvalue_networkN0(critic_input, params)
-        except RuntimeError as err:
-            raise ValueError(
-                f"The Q-value network failed on its inputs {self.qvalue_network.in_keys} with an action of "
-                f"{self.max_action.shape[-1]} dims: {err}. Check that the critic, the actor and the action "
-                "spec agree on the action size."
-            ) from err
-        return out.get(self.tensor_keys.state_action_value)
+        return self._vmap_qvalue_networkN0(critic_input, params).get(self.tensor_keys.state_action_value)
 
     def _action_gradient(
         self, tensordict: TensorDictBase, x: torch.Tensor, to_action: Callable[[torch.Tensor], torch.Tensor]
@@ -307,23 +370,44 @@ class QSMLoss(LossModule):
 
         return torch.func.grad(total_q)(x.detach())
 
+    def _check_loss(self, loss: torch.Tensor, name: str, param_sets: Sequence[str]) -> None:
+        """Raises NonFiniteError naming the first non-finite parameter when ``loss`` is not finite."""
+        if torch.isfinite(loss).all():
+            return
+        for param_set in param_sets:
+            for key, value in getattr(self, param_set).items(True, True):
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise NonFiniteError(
+                        f"QSMLoss: {name} is {loss.flatten()[0].item()} because {param_set}[{key!r}] is not finite: "
+                        "an earlier optimizer step diverged (lower the learning rate, or look for a non-finite loss before it)."
+                    )
+        raise NonFiniteError(
+            f"QSMLoss: {name} is {loss.flatten()[0].item()} with finite inputs and parameters: it overflowed "
+            "(rewards or alpha * grad_a Q far too large for float32?)."
+        )
+
     # --- losses -----------------------------------------------------------------------------------
-    def actor_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Regresses ``eps_theta(a_t, s, t)`` on ``-alpha * g``; returns ``(loss, metrics)``."""
+    def actor_loss(
+        self, tensordict: TensorDictBase, *, t: torch.Tensor | None = None, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Regresses ``eps_theta(a_t, s, t)`` on ``-alpha * g``; returns ``(loss, metrics)``.
+
+        ``t`` (integer steps, shape ``batch``) and ``noise`` (``eps``, the action's shape) are drawn
+        from ``U{0..T-1}`` and ``N(0, I)`` unless given.
+        """
         obs_key = self.actor_network.in_keys[0]
         self._check_input(tensordict, [self.tensor_keys.action, obs_key], "actor_loss")
         action = tensordict.get(self.tensor_keys.action)
         observation = tensordict.get(obs_key)
-        with self.actor_network_params.to_module(self.actor_network, preserve_module_state=False):
-            module = self.actor_network.module
-            to_chain = getattr(module, "normalize", _identity)
-            to_action = getattr(module, "denormalize", _identity)
-            t = torch.randint(0, module.num_steps, action.shape[:-1], device=action.device)
-            noised, noise = module.add_noise(action, t)
-            eps_pred = _predict_noise(module, noised, observation, t)
-            x = noised if self.grad_at == "noised" else to_chain(action)
-            grad_q = self._action_gradient(tensordict, x, to_action)
-            alphas_cumprod = module.alphas_cumprod
+        with _swapped_in(self.actor_network_params, self.actor_network):
+            policy = diffusion_policy(self.actor_network.module)
+            if t is None:
+                t = torch.randint(0, policy.num_steps, action.shape[:-1], device=action.device)
+            noised, noise = policy.add_noise(action, t, noise)
+            eps_pred = policy.predict_noise(noised, observation, t)
+            x = noised if self.grad_at == "noised" else policy.normalize(action)
+            grad_q = self._action_gradient(tensordict, x, policy.denormalize)
+            alphas_cumprod = policy.alphas_cumprod
         scale = grad_q.abs().mean().clamp_min(1e-8) if self.normalize_grad else 1.0
         q_score = self.alpha * grad_q / scale
         if self.data_score:  # sigma_t = sqrt(1 - alpha_bar_t), from the contract's alphas_cumprod
@@ -332,6 +416,8 @@ class QSMLoss(LossModule):
             eps_target = -q_score
         loss = (eps_pred - eps_target).pow(2).mean(-1)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=self._maybe_get_priority_weight(tensordict))
+        if self._finite_checks_on(tensordict):
+            self._check_loss(loss, "loss_actor", ("actor_network_params", "qvalue_network_params"))
         eps_pred = eps_pred.detach()
         metrics = {
             "grad_q_norm": grad_q.norm(dim=-1).mean(),
@@ -344,9 +430,7 @@ class QSMLoss(LossModule):
     def _next_action(self, next_tensordict: TensorDictBase) -> torch.Tensor:
         """``a'``: a chain sample of the current actor (RANDOM mode) + clipped smoothing noise."""
         actor = self.actor_network
-        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM), self.actor_network_params.to_module(
-            actor, preserve_module_state=False
-        ):
+        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM), _swapped_in(self.actor_network_params, actor):
             action = actor(next_tensordict.select(*actor.in_keys)).get(actor.out_keys[0])
             noise = torch.randn_like(action) * self.policy_noise
             if self.noise_clip is not None:
@@ -375,6 +459,8 @@ class QSMLoss(LossModule):
         q = self._critics(tensordict, self.qvalue_network_params)
         loss = distance_loss(q, target.expand_as(q), loss_function=self.loss_function).sum(0).squeeze(-1)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
+        if self._finite_checks_on(tensordict):
+            self._check_loss(loss, "loss_qvalue", ("qvalue_network_params", "target_qvalue_network_params", "actor_network_params"))
         metrics = {
             "td_error": (q.detach() - target).abs().max(0).values.squeeze(-1),
             "pred_value": q.detach().mean(),
@@ -421,40 +507,55 @@ class _MissingKeyError(KeyError):
         return str(self.args[0])
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+class NonFiniteError(ValueError):
+    """A NaN or infinite value where QSMLoss needs finite numbers (see ``QSMLoss(check_finite=...)``)."""
 
 
-def _predict_noise(module, noised: torch.Tensor, observation: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``eps_theta(a_t, s, t)`` through the contract's ``score_network(cat([a_t, s, t]))``.
+class _swapped_in:
+    """``params.to_module(module)`` as a context that lets every exception through unchanged.
 
-    An :class:`~torchrl_qsm.EpsilonNetwork` gives the same numbers with its time conditioning
-    computed once per step (``at_steps``).
+    (tensordict's own context returns a TensorDict from ``__exit__`` when a ``BaseException`` such
+    as ``KeyboardInterrupt`` passes, and Python's test of that value for truth raises a
+    ``RuntimeError`` that replaces the interrupt.)
     """
-    net = module.score_network
-    if isinstance(net, EpsilonNetwork):
-        return net.at_steps(noised, observation, t, module.num_steps)
-    return net(torch.cat([noised, observation, t.to(noised.dtype).unsqueeze(-1)], -1))
+
+    def __init__(self, params: TensorDictBase, module: torch.nn.Module) -> None:
+        self.params, self.module = params, module
+
+    def __enter__(self) -> None:
+        self.previous = self.params.to_module(self.module, preserve_module_state=False)
+        self.previous.__enter__()
+
+    def __exit__(self, *exc_info) -> None:
+        self.previous.__exit__(None, None, None)
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def _raise_if_non_finite(value: torch.Tensor, what: str) -> None:
+    if not value.is_floating_point() or torch.isfinite(value).all():
+        return
+    index = tuple((~torch.isfinite(value)).nonzero()[0].tolist())
+    raise NonFiniteError(
+        f"{what} holds {value[index].item()} at index {list(index)} (shape {tuple(value.shape)}): a NaN or infinite "
+        "value in the data would make every weight it reaches non-finite after one optimizer step. Find where it "
+        "entered (the environment's reward or observation, an action) and drop or fix those transitions."
+    )
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    choices = get_args(choices)
     if value not in choices:
-        raise ValueError(f"Unknown {name} {value!r}; expected one of {tuple(choices)}.")
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {choices}.")
 
 
-def _diffusion_module(actor_network: TensorDictModule):
-    """The actor's inner module, checked for TorchRL's DiffusionActor contract."""
-    module = getattr(actor_network, "module", None)
-    missing = [name for name in ("num_steps", "add_noise", "score_network") if not hasattr(module, name)]
-    if missing or len(actor_network.in_keys) != 1 or len(actor_network.out_keys) != 1:
+def _diffusion_module(actor_network: TensorDictModule) -> DiffusionPolicyModule:
+    """The actor's inner module through the diffusion-policy contract; a TypeError names what is missing."""
+    if len(getattr(actor_network, "in_keys", ())) != 1 or len(getattr(actor_network, "out_keys", ())) != 1:
         raise TypeError(
-            "QSMLoss needs a diffusion actor with one in_key and one out_key whose .module offers num_steps, "
-            f"add_noise and score_network (TorchRL's DiffusionActor contract); {type(actor_network).__name__} "
-            f"lacks {missing or 'a single in_key/out_key'}. Pass the bare actor, not an exploration wrapper."
+            f"QSMLoss needs a diffusion actor with one in_key and one out_key; {type(actor_network).__name__} has "
+            f"in_keys={getattr(actor_network, 'in_keys', None)}, out_keys={getattr(actor_network, 'out_keys', None)}. "
+            "Pass the bare actor, not an exploration wrapper."
         )
-    if not isinstance(module.num_steps, int) or module.num_steps < 1:
-        raise ValueError(f"The actor's number of denoising steps T must be >= 1, got {module.num_steps!r}.")
-    return module
+    return diffusion_policy(getattr(actor_network, "module", None))
 
 
 def _action_bounds(actor_network, module, action_spec, bounds) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,12 @@
-"""A straightforward eager QSM update, written with plain torch ops from QSM.md and Algorithm 1.
+"""A straightforward eager QSM update, written with plain torch ops from the paper's Algorithm 1 and the
+authors' code (Alescontrela/score_matching_rl, ``jaxrl5/agents/score_matching/score_matching_learner.py``).
 
 It serves two purposes:
 
-- the baseline "straightforward eager update" of ``update_speed.py`` (a Python loop over critics,
-  ``torch.autograd.grad``, the eps-network called on ``cat([a_t, s, t])`` at every denoising step);
 - an independent statement of the mathematics: ``tests/test_reference_update.py`` checks that
-  :class:`~torchrl_qsm.QSMLoss` gives the same losses and gradients on the same batch and seed.
+  :class:`~torchrl_qsm.QSMLoss` gives the same losses and gradients on the same batch and seed;
+- the baseline "straightforward eager update" of ``benchmarks/update_speed.py`` (a Python loop over
+  critics, ``torch.autograd.grad``, the eps-network called on ``cat([a_t, s, t])`` at every step).
 
 It reads the weights of a ``QSMLoss`` (so both start identical) but shares no code path with it
 beyond the eps-network's forward.
@@ -27,7 +28,7 @@ def _critic_params(params) -> list[dict[str, torch.Tensor]]:
 
 
 class ReferenceQSM:
-    """``losses(batch)`` returns ``(loss_actor, loss_qvalue)`` exactly as QSM.md states them.
+    """``losses(batch)`` returns ``(loss_actor, loss_qvalue)`` as Algorithm 1 and the authors' code state them.
 
     Draws random numbers in the same order as ``QSMLoss.forward`` (critic step: the chain's latent and
     step noises, then the smoothing noise; actor step: ``t``, then ``eps``), so that both agree on a seed.
