@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # End-to-end frames/s of the training script: qsm.py (QSM), the same loop with TorchRL's SAC
-# (algorithm=sac), and TorchRL's own SAC sota script, on the same DMC task and budget.
+# (benchmarks/learning/baselines.py sac), and TorchRL's own SAC sota script, on the same DMC task and budget.
 #
 #   SAC_DIR=/path/to/rl/sota-implementations/sac bash benchmarks/end_to_end.sh > benchmarks/results/end_to_end_cpu.txt
 #
@@ -31,7 +31,7 @@ timed() {  # timed NAME COMMAND...
 common=(env.domain=$TASK_DOMAIN env.task=$TASK_NAME collector.total_frames=$FRAMES collector.init_random_frames=$INIT
         eval.interval=$FRAMES eval.episodes=1 logger.backend= replay_buffer.size=$FRAMES)
 timed "qsm.py (QSM)" python "$ROOT/sota-implementations/qsm/qsm.py" "${common[@]}" hydra.run.dir="$OUT/qsm"
-timed "qsm.py algorithm=sac" python "$ROOT/sota-implementations/qsm/qsm.py" "${common[@]}" algorithm=sac hydra.run.dir="$OUT/sac"
+timed "SAC through our loop" python "$ROOT/benchmarks/learning/baselines.py" sac "${common[@]}" hydra.run.dir="$OUT/sac"
 if [ -n "${SAC_DIR:-}" ]; then
   (cd "$SAC_DIR" && timed "TorchRL sac.py (sota)" python sac.py env.library=dm_control env.name=$TASK_DOMAIN \
     env.task=$TASK_NAME collector.total_frames=$FRAMES collector.init_random_frames=$INIT logger.backend= \

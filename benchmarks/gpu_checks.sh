@@ -34,19 +34,19 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, logs t
 
 step update_speed 170 bash -c "python3 benchmarks/update_speed.py --device $DEVICE --widths 256 512 --compile \
   && python3 benchmarks/update_speed.py --device $DEVICE --widths 256 --compile qsm sac"
-train() {  # train NAME SECONDS OVERRIDES...: a short training run of qsm.py; keeps its returns.csv
+train() {  # train NAME SECONDS SCRIPT... OVERRIDES...: a short training run; keeps its returns.csv
   local name=$1
   shift
   local limit=$1
   shift
-  step "$name" "$limit" python3 sota-implementations/qsm/qsm.py device="$DEVICE" env=cheetah_run \
+  step "$name" "$limit" python3 "$@" device="$DEVICE" env.domain=cheetah env.task=run \
     collector.total_frames="$FRAMES" collector.init_random_frames=1000 eval.interval="$FRAMES" eval.episodes=2 \
-    logger.backend= hydra.run.dir="/tmp/gpu_checks/$name" "$@"
+    logger.backend= hydra.run.dir="/tmp/gpu_checks/$name"
   cp "/tmp/gpu_checks/$name/returns.csv" "$OUT/$name.csv" 2>/dev/null
 }
-train train_qsm 110
-train train_qsm_compiled 170 compile.compile=true
-train train_sac 90 algorithm=sac
+train train_qsm 110 sota-implementations/qsm/qsm.py
+train train_qsm_compiled 170 sota-implementations/qsm/qsm.py compile.compile=true
+train train_sac 90 benchmarks/learning/baselines.py sac
 # the learning harness on the GPU, unchanged but for --device and the budget (issue: learning results)
 step grid 420 python3 benchmarks/learning/grid.py --device "$DEVICE" --frames "$FRAMES" \
   --init-random-frames $((FRAMES / 2)) --eval-interval $((FRAMES / 2)) --eval-episodes 2 --checkpoint-interval "$FRAMES" \

@@ -10,15 +10,17 @@ round-robin: each round runs every candidate for ``--iters`` updates; the table 
 rounds and the spread (min-max). Candidates:
 
 - ``qsm``: torchrl_qsm's QSMLoss + DiffusionActor, as the training script builds them
-  (sota-implementations/qsm/agents.py: T = 5, vp schedule, mish eps-network, ReLU critics, fused Adam);
+  (``make_learner`` of sota-implementations/qsm/qsm.py with its defaults: T = 5, vp schedule, mish
+  eps-network, ReLU critics, fused Adam);
 - ``qsm-bf16``: the same with ``optim.bf16_matmuls`` (autocast: matmuls in bf16, schedule, losses and
   optimizer in fp32);
-- ``qsm-reference``: a straightforward eager QSM update (benchmarks/reference_qsm.py, plain Adam);
-- ``sac``, ``td3``: TorchRL's SACLoss and TD3Loss agents as TorchRL's sota scripts build them;
+- ``qsm-reference``: a straightforward eager QSM update (tests/reference_qsm.py, the tests' oracle, plain Adam);
+- ``sac``, ``td3``: TorchRL's SACLoss and TD3Loss agents as TorchRL's sota scripts build them
+  (benchmarks/learning/baselines.py);
 - ``*-compiled``: the same updates under ``torch.compile`` as the training script compiles them
-  (agents.compile_update: mode "default" on CPU, "reduce-overhead" on CUDA, the backward recomputing
-  pointwise results such as ReLU masks; ``--no-recompute-pointwise``: the partitioner's default, masks
-  saved from the forward, as ``compile.recompute_pointwise=false``). The choice is taken when an update
+  (utils.compile_update: mode "default" on CPU, "reduce-overhead" on CUDA, the backward recomputing
+  pointwise results such as ReLU masks on CPU; ``--no-recompute-pointwise``: the partitioner's default,
+  masks saved from the forward, as ``compile.recompute_pointwise=false``). The choice is taken when an update
   first compiles, and updates built by the same factory share their compiled code within a process,
   so the two settings are compared across runs (by their roofline fractions, each measured in-run).
 
@@ -39,13 +41,17 @@ import torch
 from tensordict import TensorDict
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
-from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sota-implementations" / "qsm"))
-from agents import compile_update, make_qsm_agent, make_sac_agent, make_td3_agent  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT_DIR = ROOT / "sota-implementations" / "qsm"
+for folder in (SCRIPT_DIR, ROOT / "benchmarks" / "learning", ROOT / "tests"):
+    sys.path.insert(0, str(folder))
+from baselines import sac, td3  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from qsm import make_learner  # noqa: E402
 from reference_qsm import ReferenceQSM  # noqa: E402
+from utils import compile_update, make_env  # noqa: E402
 
 OBS_DIM, ACTION_DIM = 17, 6
 
@@ -65,14 +71,20 @@ def make_batch(batch_size: int, device) -> TensorDict:
     )
 
 
+def script_config(width: int, device, *overrides: str):
+    """The training script's configuration at these widths (its defaults otherwise)."""
+    with initialize_config_dir(config_dir=str(SCRIPT_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"network.hidden_sizes=[{width},{width}]", f"device={device}", *overrides])
+
+
 def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict:
-    """``name: (update, actor)``; every agent as the training script builds it."""
-    spec = Bounded(-torch.ones(ACTION_DIM), torch.ones(ACTION_DIM), (ACTION_DIM,), device=device)
-    options = dict(hidden_sizes=(width, width), device=device)
-    qsm = make_qsm_agent(OBS_DIM, spec, **options)
-    reference = make_qsm_agent(OBS_DIM, spec, fused_adam=False, **options)
-    reference_losses = ReferenceQSM(reference.loss).losses
-    optimizers = [reference.stateful["actor_optim"], reference.stateful["critic_optim"]]
+    """``name: (update, actor)``; every agent as the training script (or the learning grid) builds it."""
+    env = make_env("cheetah", "run")  # 17-dim observations, 6-dim actions
+    cfg = script_config(width, device, f"compile.recompute_pointwise={recompute}")
+    qsm = make_learner(cfg, env, device)
+    reference = make_learner(script_config(width, device, "optim.fused_adam=false"), env, device)
+    reference_losses = ReferenceQSM(reference["state"]["loss"]).losses
+    optimizers = [reference["state"]["actor_optim"], reference["state"]["critic_optim"]]
 
     def reference_update(batch: TensorDict) -> TensorDict:
         loss_actor, loss_qvalue = reference_losses(batch)
@@ -80,20 +92,19 @@ def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict
         for optimizer in optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        reference.stateful["target_updater"].step()
+        reference["state"]["target_updater"].step()
         return TensorDict(loss_actor=loss_actor.detach(), loss_qvalue=loss_qvalue.detach())
 
-    sac, td3 = make_sac_agent(OBS_DIM, spec, **options), make_td3_agent(OBS_DIM, spec, **options)
+    sac_agent, td3_agent = sac(cfg, env, device), td3(cfg, env, device)
     out = {
-        "qsm": (qsm.update, qsm.policy),
-        "qsm-bf16": (make_qsm_agent(OBS_DIM, spec, bf16_matmuls=True, **options).update, None),
+        "qsm": (qsm["learn"], qsm["policy"]),
+        "qsm-bf16": (make_learner(script_config(width, device, "optim.bf16_matmuls=true"), env, device)["learn"], None),
         "qsm-reference": (reference_update, None),
-        "sac": (sac.update, sac.policy),
-        "td3": (td3.update, td3.policy),
+        "sac": (sac_agent["learn"], sac_agent["policy"]),
+        "td3": (td3_agent["learn"], td3_agent["policy"]),
     }
-    mode = "reduce-overhead" if device.type == "cuda" else "default"
     for name in compiled:
-        out[f"{name}-compiled"] = (compile_update(out[name][0], mode=mode, recompute_pointwise=recompute, warmup=0), None)
+        out[f"{name}-compiled"] = (compile_update(out[name][0], cfg, device, warmup=0), None)
     return out
 
 

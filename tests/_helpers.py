@@ -21,7 +21,7 @@ SCRIPT_DIR = Path(__file__).resolve().parents[1] / "sota-implementations" / "qsm
 
 
 def script_module(name: str) -> ModuleType:
-    """A module of the training script's folder (``agents``, ``utils``), imported without leaving the
+    """A module of the training script's folder (``utils``, ``config``, ``loop``), imported without leaving the
     folder on ``sys.path``, where its ``utils`` would shadow any other."""
     sys.path.insert(0, str(SCRIPT_DIR))
     try:

@@ -1,12 +1,14 @@
 """Each speed option keeps the numbers of the plain path (tolerances stated per test)."""
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torchrl.objectives import SoftUpdate
 
 from _helpers import make_actor, make_batch, make_critic, script_module
 from torchrl_qsm import QSMLoss
 
-compile_update = script_module("agents").compile_update
+compile_update = script_module("utils").compile_update
+COMPILE_CFG = OmegaConf.create({"compile": {"mode": None, "recompute_pointwise": None}})
 
 
 def make_loss(**kwargs):
@@ -44,13 +46,16 @@ def test_bf16_matmuls_keep_the_losses_within_two_percent():
 
 
 def test_fused_adam_takes_the_same_steps_as_the_loop_adam():
+    # optim.fused_adam, through the script's own optimizer factory
+    adam = script_module("utils").adam
     batch = make_batch((64,))
     losses = []
     for fused in (False, True):
         torch.manual_seed(0)
         loss = make_loss()
         params = [p for p in loss.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=torch.tensor(1e-3), fused=fused or None)
+        optimizer = adam(OmegaConf.create({"optim": {"lr": 1e-3, "fused_adam": fused}}), params)
+        assert bool(optimizer.defaults["fused"]) is fused
         for step in range(3):
             torch.manual_seed(10 + step)
             out = loss(batch.clone())
@@ -63,8 +68,8 @@ def test_fused_adam_takes_the_same_steps_as_the_loop_adam():
 
 
 def test_the_inductor_compiled_update_gives_the_eager_losses_and_gradients():
-    # compile.compile=true runs the update through agents.compile_update: inductor, with the backward
-    # recomputing pointwise results (the ReLU critics' masks) instead of saving them. fallback_random
+    # compile.compile=true runs the update through utils.compile_update: inductor, with the backward
+    # recomputing pointwise results (the ReLU critics' masks) instead of saving them on CPU. fallback_random
     # makes inductor draw the eager random numbers; it fuses and reorders sums: rtol 1e-4, atol 1e-5.
     loss = make_loss()
     params = [p for p in loss.parameters() if p.requires_grad]
@@ -77,7 +82,7 @@ def test_the_inductor_compiled_update_gives_the_eager_losses_and_gradients():
 
     runs = []
     with torch._inductor.config.patch(fallback_random=True):
-        for step in (update, compile_update(update, mode="default", warmup=0)):
+        for step in (update, compile_update(update, COMPILE_CFG, torch.device("cpu"), warmup=0)):
             torch.manual_seed(3)
             out = step(batch.clone())
             runs.append((out, [p.grad for p in params]))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from torchrl.data import Bounded
 
 from _helpers import SCRIPT_DIR, script_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "env=cartpole_swingup",
+    "env.domain=cartpole",
+    "env.task=swingup",
     "collector.total_frames=200",
     "collector.init_random_frames=100",
     "collector.frames_per_batch=50",
@@ -34,10 +33,14 @@ TINY = [
 pytestmark = pytest.mark.slow
 
 
-def run_script(folder: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+BASELINES = ROOT / "benchmarks" / "learning" / "baselines.py"
+
+
+def run_script(folder: Path, *overrides: str, check: bool = True, script: list[str] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    script = script or [str(SCRIPT_DIR / "qsm.py")]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT_DIR / "qsm.py"), *TINY, *overrides, f"hydra.run.dir={folder}"],
+        [sys.executable, *script, *TINY, *overrides, f"hydra.run.dir={folder}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     if check and done.returncode != 0:
@@ -51,7 +54,7 @@ def read_returns(folder: Path) -> list[dict]:
 
 
 def assert_results(folder: Path, final_frame: int) -> None:
-    for name in ("config.yaml", "returns.csv", "learning_curve.png", "checkpoint.pt"):
+    for name in ("config.yaml", "returns.csv", "learning_curve.png", "checkpoint.pt", "checkpoint.pt.sha256"):
         assert (folder / name).is_file(), name
     rows = read_returns(folder)
     evals = [float(r["eval_return"]) for r in rows if r["eval_return"]]
@@ -69,10 +72,19 @@ def test_trains_on_dm_control_and_writes_the_results_folder(tmp_path):
 
 
 @pytest.mark.parametrize("algorithm", ["sac", "td3"])
-def test_runs_torchrl_baselines_through_the_same_loop(tmp_path, algorithm):
-    done = run_script(tmp_path, f"algorithm={algorithm}")
+def test_torchrl_baselines_run_through_the_script_s_loop(tmp_path, algorithm):
+    # benchmarks/learning/baselines.py: the same config, loop, results folder and checkpoints
+    done = run_script(tmp_path, script=[str(BASELINES), algorithm])
     assert_results(tmp_path, final_frame=200)
-    assert done.stdout.startswith(algorithm.upper()) or f"{algorithm.upper()} on cartpole-swingup" in done.stdout
+    assert f"{algorithm.upper()} on cartpole-swingup" in done.stdout
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["config"]["algorithm"] == algorithm.upper() and saved["updates"] == 150
+
+
+def test_the_script_folder_holds_qsm_only():
+    sources = "".join(p.read_text() for p in SCRIPT_DIR.glob("*.py"))
+    for other in ("SACLoss", "TD3Loss", "ProbabilisticActor", "algorithm=sac"):
+        assert other not in sources
 
 
 def test_trains_with_two_collector_processes(tmp_path):
@@ -89,9 +101,10 @@ def test_resume_restores_weights_optimizers_and_replay_buffer_exactly_and_contin
     # resuming with nothing left to do must write back exactly what it loaded
     done = run_script(again, f"checkpoint.resume={first / 'checkpoint.pt'}")
     assert "Resumed from" in done.stdout and "at frame 200 (150 updates)" in done.stdout
+    assert "restored exactly: networks, target networks, optimizers" in done.stdout
     reloaded = torch.load(again / "checkpoint.pt", weights_only=False)
-    for component in ("loss", "actor_optim", "critic_optim", "scheduler", "target_updater"):
-        assert_state_equal(saved[component], reloaded[component], component)
+    for component in ("loss", "actor_optim", "critic_optim", "actor_lr_schedule", "target_updater"):
+        assert_state_equal(saved["state"][component], reloaded["state"][component], component)
     # the storage is allocated for replay_buffer.size rows; the first 200 hold data, the rest is uninitialised
     stored, restored = saved["replay_buffer"], reloaded["replay_buffer"]
     assert_state_equal(rows_of(stored, 200), rows_of(restored, 200), "storage")
@@ -131,6 +144,7 @@ def assert_state_equal(a, b, where: str) -> None:
 
 
 def compose_config(*overrides: str):
+    script_module("config")  # registers the schema
     with initialize_config_dir(config_dir=str(SCRIPT_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
@@ -139,70 +153,127 @@ def compose_config(*overrides: str):
     "overrides, message",
     [
         (["env.domain=cheetah", "env.task=fly"], "env.domain='cheetah' env.task='fly' is not a DeepMind Control task"),
-        (["diffusion.alpha=0"], "diffusion.alpha .* must be > 0; got diffusion.alpha=0"),
-        (["diffusion.alpha=-3"], "diffusion.alpha"),
-        (["diffusion.num_steps=0"], "diffusion.num_steps .* must be an integer >= 1; got diffusion.num_steps=0"),
         (["optim.batch_size=512", "replay_buffer.size=256"], "optim.batch_size must not exceed replay_buffer.size"),
-        (["collector.init_random_frames=2000", "collector.total_frames=1000"], "init_random_frames must not exceed"),
-        (["device=cuda:7"] if not torch.cuda.is_available() else ["device=cuda:999"], "device='cuda"),
+        (["collector.init_random_frames=2000", "collector.total_frames=1000"], "init_random_frames must be in"),
+        (["device=cuda:7"] if not torch.cuda.is_available() else ["device=cuda:999"], "device='cuda.*no such device"),
         (["eval.mode=greedy"], "eval.mode must be"),
-        (["algorithm=ppo"], "algorithm must be one of"),
+        (["checkpoint.interval=0"], "checkpoint.interval .* must be >= 1; got checkpoint.interval=0"),
+        (["optim.batch_size=0"], "optim.batch_size must be >= 1"),
+        (["optim.lr=0"], "optim.lr must be finite and > 0; got optim.lr=0"),
+        (["optim.lr=-1e-3"], "optim.lr must be finite and > 0"),
+        (["optim.gamma=1.5"], r"optim.gamma .* must be in \(0, 1\]; got optim.gamma=1.5"),
+        (["optim.gamma=0"], "optim.gamma"),
+        (["env.seed=-1"], "env.seed must be >= 0"),
+        (["env.max_episode_steps=0"], "env.max_episode_steps must be >= 1"),
+        (["replay_buffer.device=cuda:5"] if not torch.cuda.is_available() else ["replay_buffer.device=cuda:999"], "replay_buffer.device="),
+        (["replay_buffer.device=gpu"], "replay_buffer.device='gpu' is not a device name"),
+        (["network.actor_activation=Swish"], r"network.actor_activation must be one of \[.*'Mish'"),
+        (["collector.frames_per_batch=1000", "collector.total_frames=400", "collector.init_random_frames=0"], "must not exceed collector.total_frames"),
+        (["collector.frames_per_batch=300", "collector.total_frames=1000"], "must be a multiple of collector.frames_per_batch"),
+        (["+optim.lr_decay=0.5"], r"Unknown configuration field\(s\): optim.lr_decay \(did you mean optim.lr"),
+        (["+diffusion.alfa=1"], r"diffusion.alfa \(did you mean diffusion.alpha\?\)"),
+        (["logger.backend=neptune"], "logger.backend must be one of"),
+        (["diffusion.exploration_std=nan"], "diffusion.exploration_std must be finite"),
     ],
 )
 def test_bad_configuration_is_refused_naming_the_field(overrides, message):
-    validate_config = script_module("utils").validate_config
+    validate_config = script_module("config").validate_config
     with pytest.raises(ValueError, match=message):
         validate_config(compose_config(*overrides))
+
+
+def test_a_missing_logger_package_names_its_install_command(monkeypatch):
+    config = script_module("config")
+    real = config.importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    with pytest.raises(ValueError, match="needs the wandb package, which is not installed: pip install wandb"):
+        config.validate_config(compose_config("logger.backend=wandb"))
+
+
+def test_a_field_of_the_wrong_type_is_refused_by_the_schema():
+    with pytest.raises(Exception, match="optim.batch_size"):
+        compose_config("optim.batch_size=abc")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["diffusion.alpha=-1"], "alpha (the scale of grad_a Q) must be finite and > 0, got -1.0"),
+        (["diffusion.alpha=inf"], "alpha (the scale of grad_a Q) must be finite and > 0, got inf"),
+        (["diffusion.policy_noise=nan"], "policy_noise must be finite and >= 0, got nan"),
+        (["diffusion.num_steps=0"], "num_steps (T) must be an integer >= 1, got 0"),
+        (["diffusion.schedule=quadratic"], "Unknown noise schedule 'quadratic'"),
+    ],
+)
+def test_bad_library_options_fail_before_training_with_the_library_s_message(tmp_path, overrides, message):
+    # the library checks its own arguments; the script's factories build the actor and the loss first
+    config, utils = script_module("config"), script_module("utils")
+    cfg = compose_config(*TINY, *overrides)
+    config.validate_config(cfg)
+    env = utils.make_env("cartpole", "swingup")
+    with pytest.raises(ValueError) as caught:
+        actor, _ = utils.make_qsm_agent(cfg, env, torch.device("cpu"))
+        utils.make_loss_module(cfg, actor, utils.make_critic(cfg, env, torch.device("cpu")))
+    assert message in str(caught.value)
 
 
 def test_bad_configuration_fails_before_training(tmp_path):
     done = run_script(tmp_path, "diffusion.alpha=-1", check=False)
     assert done.returncode != 0
-    assert "diffusion.alpha (the scale of grad_a Q) must be > 0" in done.stderr
-    assert not (tmp_path / "returns.csv").exists()
+    assert "alpha (the scale of grad_a Q) must be finite and > 0" in done.stderr
+    assert not (tmp_path / "returns.csv").exists() and not (tmp_path / "checkpoint.pt").exists()
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (SCRIPT_DIR / "env").glob("*.yaml")))
 def test_every_preset_is_a_valid_configuration(preset):
-    validate_config = script_module("utils").validate_config
-    cfg = compose_config(f"env={preset}")
-    validate_config(cfg)
-    if preset in ("quadruped_walk", "humanoid_walk"):
-        assert cfg.diffusion.alpha == 120
+    script_module("config").validate_config(compose_config(f"env={preset}"))
+
+
+@pytest.mark.parametrize(
+    "overrides, alpha, normalize_grad",
+    [
+        ([], 50.0, False),
+        (["env=humanoid_walk"], 120.0, False),  # the authors' alpha for this task (diffusion/faithful_120)
+        (["env=quadruped_walk"], 120.0, False),
+        (["env=humanoid_walk", "diffusion=robust"], 1.0, True),  # a named diffusion preset replaces the task's
+        (["diffusion=robust", "env=humanoid_walk"], 1.0, True),  # in either order
+        (["env=humanoid_walk", "diffusion.alpha=80"], 80.0, False),  # a field beats every preset
+        (["env=quickstart", "diffusion=robust"], 1.0, True),
+    ],
+)
+def test_combined_presets_give_what_the_docs_say(overrides, alpha, normalize_grad):
+    cfg = compose_config(*overrides)
+    assert (cfg.diffusion.alpha, cfg.diffusion.normalize_grad) == (alpha, normalize_grad)
+
+
+def test_the_faithful_preset_states_the_library_defaults():
+    # each default lives in the library; the preset writes the same values out for users to read
+    import inspect
+
+    from torchrl_qsm import DiffusionActor, EpsilonNetwork, QSMLoss
+
+    preset = compose_config().diffusion
+    defaults = {
+        **{k: v.default for k, v in inspect.signature(QSMLoss).parameters.items()},
+        **{k: v.default for k, v in inspect.signature(DiffusionActor).parameters.items()},
+    }
+    for name in ("alpha", "grad_at", "critic_reduction", "normalize_grad", "policy_noise", "num_steps", "temperature"):
+        assert preset[name] == defaults[name], name
+    assert preset.schedule == "vp" and inspect.signature(EpsilonNetwork).parameters["num_steps"].default == preset.num_steps
 
 
 def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_policy(tmp_path):
     # compile.compile wraps the update in torch.compile; compile.policy is the Collector's compile_policy.
-    run_script(tmp_path, "compile.compile=true", "compile.policy=true")
+    # (with optim.bf16_matmuls too: the update's autocast runs under the compiled update)
+    run_script(tmp_path, "compile.compile=true", "compile.policy=true", "optim.bf16_matmuls=true")
     assert_results(tmp_path, final_frame=200)
-    make_td3_agent, make_collector = script_module("agents").make_td3_agent, script_module("utils").make_collector
-    spec = Bounded(-torch.ones(1), torch.ones(1), (1,))
-    policy = make_td3_agent(5, spec, hidden_sizes=(8,)).exploration_policy
+    utils = script_module("utils")
     for flag in (False, True):
         cfg = compose_config(*TINY, f"compile.policy={str(flag).lower()}")
-        collector = make_collector(cfg, policy, total_frames=50, init_random_frames=0, device=torch.device("cpu"))
+        _, policy = utils.make_qsm_agent(cfg, utils.make_env("cartpole", "swingup"), torch.device("cpu"))
+        collector = utils.make_collector(cfg, policy, total_frames=50, init_random_frames=0, seed=0, device=torch.device("cpu"))
         assert bool(collector.compiled_policy) is flag
         collector.shutdown()
-
-
-def test_ctrl_c_writes_a_checkpoint_before_exiting(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    overrides = [*TINY, "collector.total_frames=100000", "eval.interval=100000", f"hydra.run.dir={tmp_path}"]
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT_DIR / "qsm.py"), *overrides],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    output = ""
-    while not re.search(r"updates=[1-9]", output):  # training has started
-        char = process.stdout.read(1)
-        assert char, f"the script ended early:\n{output[-3000:]}"
-        output += char
-    process.send_signal(subprocess.signal.SIGINT)
-    rest, _ = process.communicate(timeout=120)
-    assert process.returncode == 130, (output + rest)[-3000:]
-    assert "checkpoint written to" in rest
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert 0 < saved["frames"] < 100000 and saved["updates"] > 0
 
 
 def test_eval_videos_are_recorded_where_mujoco_renders(tmp_path):
@@ -214,7 +285,7 @@ def test_eval_videos_are_recorded_where_mujoco_renders(tmp_path):
 
 def test_without_a_gl_backend_videos_are_skipped_with_a_warning():
     snippet = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from omegaconf import OmegaConf; from utils import "
+        "import sys; sys.path.insert(0, sys.argv[1]); from omegaconf import OmegaConf; import config; from utils import "
         "rendering_available; print(rendering_available(OmegaConf.create({'env': {'domain': 'cartpole', "
         "'task': 'swingup'}})))"
     )

@@ -4,9 +4,10 @@
     python benchmarks/learning/grid.py --frames 1000000 --jobs 8 --device cuda  # a GPU machine
     python benchmarks/learning/grid.py --summarize-only                         # tables and plots again
 
-Every run is ``sota-implementations/qsm/qsm.py`` (one loop for every algorithm: same environments,
-collector, replay buffer, widths, batch, warm-up and evaluation; only ``algorithm`` and its options
-differ), started as its own process. Runs that finished are skipped; runs that stopped part-way
+Every run is ``sota-implementations/qsm/qsm.py`` for QSM, ``benchmarks/learning/baselines.py`` for
+TorchRL's SAC and TD3: one loop for every algorithm (the script's ``loop.train``: same environments,
+collector, replay buffer, widths, batch, warm-up and evaluation; only the algorithm differs), each run
+its own process. Runs that finished are skipped; runs that stopped part-way
 resume from their checkpoint. ``--jobs`` runs go in parallel; on a CPU each gets one thread.
 
 Writes under ``--out`` (default benchmarks/results/learning):
@@ -33,20 +34,22 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "sota-implementations" / "qsm" / "qsm.py"
-ALGORITHMS = {
-    "qsm": ["algorithm=qsm"],  # the authors' recipe (the default preset)
-    "qsm-robust": ["algorithm=qsm", "diffusion=robust"],
-    "sac": ["algorithm=sac"],
-    "td3": ["algorithm=td3"],
+QSM = [str(ROOT / "sota-implementations" / "qsm" / "qsm.py")]
+BASELINES = str(ROOT / "benchmarks" / "learning" / "baselines.py")
+ALGORITHMS = {  # the script and its first arguments
+    "qsm": QSM,  # the authors' recipe (the default preset)
+    "qsm-robust": [*QSM, "diffusion=robust"],
+    "sac": [BASELINES, "sac"],
+    "td3": [BASELINES, "td3"],
 }
 TASKS = ("cheetah_run", "walker_walk", "cartpole_swingup")
 
 
 def run_overrides(args, algorithm: str, task: str, seed: int, folder: Path) -> list[str]:
+    domain, name = task.split("_", 1)
     overrides = [
-        *ALGORITHMS[algorithm],
-        f"env={task}",
+        f"env.domain={domain}",
+        f"env.task={name}",
         f"env.seed={seed}",
         f"collector.total_frames={args.frames}",
         f"collector.init_random_frames={args.init_random_frames}",
@@ -82,7 +85,9 @@ def launch(args, algorithm: str, task: str, seed: int) -> tuple[str, int, float]
     folder = Path(args.runs) / task / f"{algorithm}_seed{seed}"
     if finished(folder, args.frames):
         return f"{task} {algorithm} seed {seed}: done before", 0, 0.0
-    command = [sys.executable, str(SCRIPT), *run_overrides(args, algorithm, task, seed, folder)]
+    if folder.is_dir() and not (folder / "checkpoint.pt").is_file():
+        shutil.rmtree(folder)  # a run stopped before its first checkpoint: nothing to resume, start again
+    command = [sys.executable, *ALGORITHMS[algorithm], *run_overrides(args, algorithm, task, seed, folder)]
     with open(Path(args.out) / "commands.txt", "a") as log:
         log.write(shlex.join(command) + "\n")
     # every run uses this checkout's torchrl_qsm, whatever is (or is not) installed

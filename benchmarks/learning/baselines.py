@@ -1,0 +1,177 @@
+"""TorchRL's SAC and TD3, trained by the QSM script's own loop, for the learning comparison.
+
+    python benchmarks/learning/baselines.py sac env.domain=walker env.task=walk collector.total_frames=50000
+    python benchmarks/learning/baselines.py td3 checkpoint.resume=outputs/.../checkpoint.pt
+
+The overrides are the training script's (sota-implementations/qsm/config.yaml): the same
+environments, collector, replay buffer, widths (``network.hidden_sizes``), batch, warm-up,
+evaluation, checkpoints and results folder, through the same ``loop.train``; only the algorithm
+differs. The agents are built as TorchRL's sota scripts build them (sota-implementations/sac/utils.py,
+td3/utils.py in pytorch/rl): TorchRL's losses, actors and target updaters, their optimizer settings,
+ReLU networks, and TD3's exploration and smoothing noises. The ``diffusion`` section is QSM's and is
+not read here. Both are evaluated deterministically (SAC at its mean, TD3 without noise).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from pathlib import Path
+
+SCRIPT_DIR = Path(__file__).resolve().parents[2] / "sota-implementations" / "qsm"
+sys.path.insert(0, str(SCRIPT_DIR))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig, open_dict, OmegaConf  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential  # noqa: E402
+from torch import nn  # noqa: E402
+from torchrl.envs import EnvBase  # noqa: E402
+from torchrl.envs.utils import ExplorationType  # noqa: E402
+from torchrl.modules import (  # noqa: E402
+    AdditiveGaussianModule,
+    MLP,
+    NormalParamExtractor,
+    ProbabilisticActor,
+    TanhModule,
+    TanhNormal,
+    ValueOperator,
+)
+from torchrl.objectives import SACLoss, SoftUpdate, TD3Loss  # noqa: E402
+
+from checkpoints import RunFolder  # noqa: E402
+from config import resolve_device, validate_config  # noqa: E402
+from loop import train  # noqa: E402
+from utils import adam, make_eval_env, make_logger  # noqa: E402
+
+TD3_EXPLORATION_STD, TD3_POLICY_NOISE, TD3_NOISE_CLIP, TD3_POLICY_DELAY = 0.1, 0.2, 0.5, 2  # TorchRL's sota td3
+
+
+def relu_mlp(cfg: DictConfig, in_features: int, out_features: int, device) -> MLP:
+    return MLP(in_features, out_features, num_cells=list(cfg.network.hidden_sizes), activation_class=nn.ReLU, device=device)
+
+
+def relu_critic(cfg: DictConfig, env: EnvBase, device) -> ValueOperator:
+    obs_dim, action_dim = env.observation_spec_unbatched["observation"].shape[-1], env.action_spec_unbatched.shape[-1]
+    return ValueOperator(relu_mlp(cfg, obs_dim + action_dim, 1, device), in_keys=["observation", "action"])
+
+
+def sac(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
+    """TorchRL's SAC sota agent: TanhNormal actor, twin critics, learned entropy coefficient."""
+    spec = env.action_spec_unbatched.to(device)
+    obs_dim, action_dim = env.observation_spec_unbatched["observation"].shape[-1], spec.shape[-1]
+    net = nn.Sequential(relu_mlp(cfg, obs_dim, 2 * action_dim, device), NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1))
+    actor = ProbabilisticActor(
+        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        spec=spec,
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": spec.space.low, "high": spec.space.high, "tanh_loc": False},
+        default_interaction_type=InteractionType.RANDOM,
+    )
+    loss = SACLoss(actor, relu_critic(cfg, env, device), num_qvalue_nets=2, loss_function="l2", delay_actor=False, delay_qvalue=True)
+    loss.make_value_estimator(gamma=cfg.optim.gamma)
+    updater = SoftUpdate(loss, tau=cfg.optim.tau)
+    optimizers = {
+        "actor_optim": adam(cfg, loss.actor_network_params.values(True, True)),
+        "critic_optim": adam(cfg, loss.qvalue_network_params.values(True, True)),
+        "alpha_optim": adam(cfg, [loss.log_alpha]),
+    }
+
+    def learn(batch: TensorDict) -> TensorDict:
+        out = loss(batch)
+        (out["loss_actor"] + out["loss_qvalue"] + out["loss_alpha"]).backward()
+        for optimizer in optimizers.values():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        updater.step()
+        return out.detach()
+
+    return dict(policy=actor, exploration_policy=actor, learn=learn, state={"loss": loss, **optimizers, "target_updater": updater})
+
+
+class UpdateCounter:
+    """TD3's update count (its actor delay), checkpointed with the agent."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"]
+
+
+def td3(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
+    """TorchRL's TD3 sota agent: tanh actor with target, twin critics, actor and targets every 2nd update."""
+    spec = env.action_spec_unbatched.to(device)
+    obs_dim, action_dim = env.observation_spec_unbatched["observation"].shape[-1], spec.shape[-1]
+    actor = TensorDictSequential(
+        TensorDictModule(relu_mlp(cfg, obs_dim, action_dim, device), in_keys=["observation"], out_keys=["param"]),
+        TanhModule(in_keys=["param"], out_keys=["action"], spec=spec),
+    )
+    noise = AdditiveGaussianModule(spec, sigma_init=TD3_EXPLORATION_STD, sigma_end=TD3_EXPLORATION_STD, device=device)
+    loss = TD3Loss(
+        actor, relu_critic(cfg, env, device), action_spec=spec, num_qvalue_nets=2, loss_function="l2", delay_actor=True,
+        delay_qvalue=True, policy_noise=TD3_POLICY_NOISE, noise_clip=TD3_NOISE_CLIP,
+    )
+    loss.make_value_estimator(gamma=cfg.optim.gamma)
+    updater = SoftUpdate(loss, tau=cfg.optim.tau)
+    actor_optim = adam(cfg, loss.actor_network_params.values(True, True))
+    critic_optim = adam(cfg, loss.qvalue_network_params.values(True, True))
+    counter = UpdateCounter()
+
+    def learn(batch: TensorDict) -> TensorDict:
+        loss_qvalue, metrics = loss.value_loss(batch)
+        loss_qvalue.backward()
+        critic_optim.step()
+        critic_optim.zero_grad(set_to_none=True)
+        out = TensorDict(loss_qvalue=loss_qvalue.detach(), pred_value=metrics["pred_value"].mean())
+        counter.count += 1
+        if counter.count % TD3_POLICY_DELAY == 0:
+            loss_actor, _ = loss.actor_loss(batch)
+            loss_actor.backward()
+            actor_optim.step()
+            actor_optim.zero_grad(set_to_none=True)
+            updater.step()
+            out["loss_actor"] = loss_actor.detach()
+        return out
+
+    state = {"loss": loss, "actor_optim": actor_optim, "critic_optim": critic_optim, "target_updater": updater, "counter": counter}
+    return dict(policy=actor, exploration_policy=TensorDictSequential(actor, noise), learn=learn, state=state)
+
+
+BASELINES = {"sac": sac, "td3": td3}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("algorithm", choices=sorted(BASELINES))
+    parser.add_argument("overrides", nargs="*", help="overrides of sota-implementations/qsm/config.yaml")
+    args = parser.parse_args(argv)
+    OmegaConf.register_new_resolver("qsm_pid", os.getpid, replace=True)
+    with initialize_config_dir(config_dir=str(SCRIPT_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=args.overrides, return_hydra_config=True)
+    folder = Path(cfg.hydra.run.dir)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate_config(cfg)
+    folder = RunFolder(folder, cfg.checkpoint.resume)
+    device = resolve_device(cfg.device)
+    print(f"{args.algorithm.upper()} on {cfg.env.domain}-{cfg.env.task}, device {device}; results in {folder.folder}", flush=True)
+    torch.manual_seed(cfg.env.seed)
+    np.random.seed(cfg.env.seed)
+    random.seed(cfg.env.seed)
+    logger = make_logger(cfg, folder.folder, name=args.algorithm.upper())
+    eval_env = make_eval_env(cfg, logger)
+    agent = BASELINES[args.algorithm](cfg, eval_env, device)
+    train(cfg, folder, name=args.algorithm.upper(), device=device, logger=logger, eval_env=eval_env,
+          eval_exploration=ExplorationType.DETERMINISTIC, **agent)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""The training script's configuration: its schema (every field and its type), the checks the library
+cannot make, and what a resumed run may change.
+
+The values live in config.yaml and the presets under diffusion/ and env/; this module holds no
+defaults. Hydra checks each field's type against the schema (``optim.batch_size=abc`` fails naming
+the field); :func:`validate_config` refuses fields the schema does not have (a ``+key`` that nothing
+would read) and values out of range, before anything is built.
+"""
+from __future__ import annotations
+
+import ctypes.util
+import difflib
+import importlib.util
+import math
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+
+if "DISPLAY" not in os.environ and "MUJOCO_GL" not in os.environ:
+    # Headless, set before dm_control is first imported: render eval videos with EGL where its library
+    # exists; otherwise physics only (MuJoCo's default, GLFW, warns without a display and can fail).
+    os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "disable"
+
+import torch  # noqa: E402
+from dm_control import suite  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from omegaconf import DictConfig, MISSING, OmegaConf  # noqa: E402
+from torch import nn  # noqa: E402
+
+from torchrl_qsm import Mish  # noqa: E402
+
+
+@dataclass
+class EnvConfig:
+    domain: str = MISSING
+    task: str = MISSING
+    seed: int = MISSING
+    max_episode_steps: int = MISSING
+    frame_skip: int = MISSING
+
+
+@dataclass
+class CollectorConfig:
+    total_frames: int = MISSING
+    init_random_frames: int = MISSING
+    frames_per_batch: int = MISSING
+    num_envs: int = MISSING
+    sync: bool = MISSING
+
+
+@dataclass
+class ReplayBufferConfig:
+    size: int = MISSING
+    device: str | None = MISSING
+    prefetch: int = MISSING
+    prb: bool = MISSING
+
+
+@dataclass
+class OptimConfig:
+    lr: float = MISSING
+    actor_lr_decay_updates: int = MISSING
+    batch_size: int = MISSING
+    utd_ratio: float = MISSING
+    gamma: float = MISSING
+    tau: float = MISSING
+    fused_adam: bool = MISSING
+    bf16_matmuls: bool = MISSING
+
+
+@dataclass
+class NetworkConfig:
+    hidden_sizes: list[int] = MISSING
+    actor_activation: str = MISSING
+    critic_activation: str = MISSING
+    layer_norm: bool = MISSING
+    time_embedding: str = MISSING
+
+
+@dataclass
+class DiffusionConfig:
+    num_steps: int = MISSING
+    schedule: str = MISSING
+    alpha: float = MISSING
+    temperature: float = MISSING
+    exploration_std: float = MISSING
+    policy_noise: float = MISSING
+    grad_at: str = MISSING
+    critic_reduction: str = MISSING
+    normalize_grad: bool = MISSING
+
+
+@dataclass
+class EvalConfig:
+    interval: int = MISSING
+    episodes: int = MISSING
+    mode: str = MISSING
+    video: bool = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    backend: str | None = MISSING
+    exp_name: str = MISSING
+    project_name: str = MISSING
+    mode: str = MISSING
+    video_format: str = MISSING
+
+
+@dataclass
+class CompileConfig:
+    compile: bool = MISSING
+    mode: str | None = MISSING
+    recompute_pointwise: bool | None = MISSING
+    policy: bool = MISSING
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = MISSING
+    save_replay_buffer: bool = MISSING
+    resume: str | None = MISSING
+
+
+@dataclass
+class QSMConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    replay_buffer: ReplayBufferConfig = field(default_factory=ReplayBufferConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)
+    device: str = MISSING
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+ConfigStore.instance().store(name="qsm_schema", node=QSMConfig)
+
+# Names accepted by network.actor_activation / critic_activation: torch.nn's activations, with
+# "Mish" meaning torchrl_qsm.Mish (torch's mish, in one-exponential form on CPU tensors).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    name: getattr(nn, name) for name in ("ReLU", "SiLU", "Tanh", "ELU", "GELU", "LeakyReLU", "Softplus")
+} | {"Mish": Mish}
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+# Fields a resumed run must keep: the shapes of the networks, the replay buffer and the data, and
+# what the saved weights mean. Every other field may change at resume (printed).
+STRUCTURAL_FIELDS = (
+    "algorithm",
+    "env.domain",
+    "env.task",
+    "env.frame_skip",
+    "network",
+    "diffusion.num_steps",
+    "diffusion.schedule",
+    "replay_buffer.size",
+    "replay_buffer.prb",
+)
+
+
+def resolve_device(name: str, field_name: str = "device") -> torch.device:
+    """``auto`` -> cuda if available else cpu; an explicit device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"{field_name}={name!r} is not a device name ({err}); use auto, cpu or cuda[:N].") from None
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type, lambda: True)
+    if not available() or (device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"{field_name}={name!r}: this machine has no such device (use {field_name}=auto or cpu).")
+    return device
+
+
+def unknown_fields(cfg: DictConfig, schema: type = QSMConfig, prefix: str = "") -> list[str]:
+    """Dotted names of the fields of ``cfg`` that ``schema`` does not have (``hydra`` excluded)."""
+    known = {f.name: f.type for f in fields(schema)}
+    nested = {f.name: f.default_factory for f in fields(schema) if f.default_factory is not MISSING}
+    out = []
+    for key in cfg.keys():
+        if prefix == "" and key == "hydra":
+            continue
+        if key not in known:
+            out.append(prefix + str(key))
+        elif key in nested and is_dataclass(nested[key]):
+            out += unknown_fields(cfg[key], nested[key], f"{prefix}{key}.")
+    return out
+
+
+def schema_fields(schema: type = QSMConfig, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields(schema):
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            out += schema_fields(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
+    """Fails before anything is built, naming the field at fault and what would be right.
+
+    The library checks its own arguments (alpha, T, the schedule, noise scales) when the actor and
+    the loss are built; this checks what only the script knows.
+    """
+    extra = unknown_fields(cfg, schema)
+    if extra:
+        hints = []
+        for name in extra:
+            close = difflib.get_close_matches(name, schema_fields(schema), n=1)
+            hints.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ValueError(
+            f"Unknown configuration field(s): {', '.join(hints)}. Nothing reads them, so they would be ignored; "
+            "remove them (the fields are listed in config.yaml)."
+        )
+    if (cfg.env.domain, cfg.env.task) not in suite.ALL_TASKS:
+        raise ValueError(
+            f"env.domain={cfg.env.domain!r} env.task={cfg.env.task!r} is not a DeepMind Control task; "
+            f"tasks: {', '.join(f'{d}/{t}' for d, t in suite.ALL_TASKS)}."
+        )
+    c, o, n = cfg.collector, cfg.optim, cfg.network
+    checks = [  # (holds, the fields at fault, what must hold)
+        (cfg.env.seed >= 0, ["env.seed"], "env.seed must be >= 0"),
+        (cfg.env.max_episode_steps >= 1, ["env.max_episode_steps"], "env.max_episode_steps must be >= 1"),
+        (cfg.env.frame_skip >= 1, ["env.frame_skip"], "env.frame_skip must be >= 1"),
+        (c.frames_per_batch >= 1 and c.total_frames >= 1, ["collector.frames_per_batch", "collector.total_frames"], "both must be >= 1"),
+        (c.frames_per_batch <= c.total_frames, ["collector.frames_per_batch", "collector.total_frames"], "collector.frames_per_batch must not exceed collector.total_frames (a collector always delivers whole batches)"),
+        (c.total_frames % c.frames_per_batch == 0, ["collector.total_frames", "collector.frames_per_batch"], "collector.total_frames must be a multiple of collector.frames_per_batch (whole batches; the collector would round it up)"),
+        (0 <= c.init_random_frames <= c.total_frames, ["collector.init_random_frames", "collector.total_frames"], "collector.init_random_frames must be in [0, collector.total_frames]"),
+        (c.num_envs >= 1, ["collector.num_envs"], "collector.num_envs must be >= 1"),
+        (cfg.replay_buffer.size >= 1, ["replay_buffer.size"], "replay_buffer.size must be >= 1"),
+        (cfg.replay_buffer.prefetch >= 0, ["replay_buffer.prefetch"], "replay_buffer.prefetch must be >= 0"),
+        (o.batch_size >= 1, ["optim.batch_size"], "optim.batch_size must be >= 1"),
+        (o.batch_size <= cfg.replay_buffer.size, ["optim.batch_size", "replay_buffer.size"], "optim.batch_size must not exceed replay_buffer.size"),
+        (math.isfinite(o.lr) and o.lr > 0, ["optim.lr"], "optim.lr must be finite and > 0"),
+        (math.isfinite(o.utd_ratio) and o.utd_ratio > 0, ["optim.utd_ratio"], "optim.utd_ratio (updates per frame) must be finite and > 0"),
+        (0 < o.gamma <= 1, ["optim.gamma"], "optim.gamma (the discount) must be in (0, 1]"),
+        (0 < o.tau <= 1, ["optim.tau"], "optim.tau (the target critics' step) must be in (0, 1]"),
+        (o.actor_lr_decay_updates >= 0, ["optim.actor_lr_decay_updates"], "optim.actor_lr_decay_updates must be >= 0 (0: no decay)"),
+        (len(n.hidden_sizes) >= 1 and min(n.hidden_sizes) >= 1, ["network.hidden_sizes"], "network.hidden_sizes needs at least one width >= 1"),
+        (n.actor_activation in ACTIVATIONS, ["network.actor_activation"], f"network.actor_activation must be one of {sorted(ACTIVATIONS)}"),
+        (n.critic_activation in ACTIVATIONS, ["network.critic_activation"], f"network.critic_activation must be one of {sorted(ACTIVATIONS)}"),
+        (math.isfinite(cfg.diffusion.exploration_std) and cfg.diffusion.exploration_std >= 0, ["diffusion.exploration_std"], "diffusion.exploration_std must be finite and >= 0"),
+        (cfg.eval.mode in ("stochastic", "deterministic"), ["eval.mode"], "eval.mode must be 'stochastic' or 'deterministic'"),
+        (cfg.eval.interval >= 1 and cfg.eval.episodes >= 1, ["eval.interval", "eval.episodes"], "eval.interval and eval.episodes must be >= 1"),
+        (cfg.checkpoint.interval >= 1, ["checkpoint.interval"], "checkpoint.interval (frames between checkpoints) must be >= 1"),
+        (not cfg.logger.backend or cfg.logger.backend in ("csv", *LOGGER_PACKAGES), ["logger.backend"], f"logger.backend must be one of {['csv', *LOGGER_PACKAGES]} or empty"),
+    ]
+    for holds, names, message in checks:
+        if not holds:
+            raise ValueError(f"{message}; got {', '.join(f'{f}={OmegaConf.select(cfg, f)!r}' for f in names)}.")
+    package = LOGGER_PACKAGES.get(cfg.logger.backend or "")
+    if package and importlib.util.find_spec(package) is None:
+        raise ValueError(
+            f"logger.backend={cfg.logger.backend!r} needs the {package} package, which is not installed: "
+            f"pip install {package} (or choose logger.backend=csv)."
+        )
+    resolve_device(cfg.device)
+    if cfg.replay_buffer.device is not None:
+        resolve_device(cfg.replay_buffer.device, "replay_buffer.device")
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists stay values)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[prefix + str(key)] = value
+    return out
+
+
+def compare_for_resume(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """The fields that differ between a checkpoint's config and this run's, as ``(field, saved, now)``.
+
+    Raises ``ValueError`` naming every structural field that differs (see ``STRUCTURAL_FIELDS``).
+    """
+    before, after = flatten(saved), flatten(current)
+    changed = [(key, before.get(key, "<absent>"), after.get(key, "<absent>")) for key in sorted(before.keys() | after.keys())]
+    changed = [(key, old, new) for key, old, new in changed if old != new and key != "checkpoint.resume"]
+    structural = [
+        (key, old, new) for key, old, new in changed if any(key == s or key.startswith(s + ".") for s in STRUCTURAL_FIELDS)
+    ]
+    if structural:
+        raise ValueError(
+            "The checkpoint cannot be resumed with this configuration: "
+            + "; ".join(f"{key} was {old!r} in the checkpoint, now {new!r}" for key, old, new in structural)
+            + ". These fields shape the networks, the replay buffer or the data; resume with the saved values "
+            "(the checkpoint's config.yaml) or start a new run."
+        )
+    return changed

@@ -1,0 +1,415 @@
+"""The training loop of the script: collect, store, update, evaluate, checkpoint.
+
+qsm.py builds QSM and its update and hands them to :func:`train`; benchmarks/learning/baselines.py
+hands TorchRL's SAC and TD3 to the same loop, so that a comparison differs in the algorithm only.
+What the loop guarantees (README, "Checkpoints and resume"):
+
+- SIGINT (Ctrl-C) and SIGTERM ask for a stop: the loop finishes what it is doing (a collector batch,
+  one update, an evaluation, a checkpoint write), writes a checkpoint and exits with 130 / 143. A
+  second signal aborts at once, without a checkpoint (the previous one stays).
+- Non-finite data or losses stop the run with an error naming the key, the frame and the update;
+  a checkpoint is written only when every saved tensor is finite.
+- A resumed run continues the counters, the update schedule and the random streams of the one it
+  resumes; a changed configuration is refused field by field where it would not fit the checkpoint.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import tqdm
+from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict, TensorDictBase
+from torchrl._utils import timeit
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+from checkpoints import CHECKPOINT, FORMAT, load_checkpoint, rng_state, RunFolder, save_checkpoint, set_rng_state
+from config import compare_for_resume
+from torchrl_qsm import edge_fraction
+from utils import make_collector, make_replay_buffer, stream_seed
+
+EVAL_SEED_OFFSET = 10_000
+RESULT_FIELDS = ["frame", "wall_time", "train_return", "eval_return", "eval_return_std", "eval_edge_fraction"]
+
+
+class Results:
+    """Train and eval returns by frame: ``returns.csv`` (rewritten atomically) and ``learning_curve.png``."""
+
+    def __init__(self, folder: Path, rows: list[dict] | None = None) -> None:
+        self.folder = folder
+        self.rows = list(rows or [])
+
+    def add(self, **row) -> None:
+        self.rows.append({field: row.get(field, "") for field in RESULT_FIELDS})
+        tmp = self.folder / "returns.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, RESULT_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.folder / "returns.csv")
+
+    def plot(self, title: str) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        def series(key):
+            points = [(r["frame"], r[key]) for r in self.rows if r[key] != ""]
+            return [p[0] for p in points], [p[1] for p in points]
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        frames, train = series("train_return")
+        ax.plot(frames, train, ".", alpha=0.4, label="train episodes")
+        frames, evals = series("eval_return")
+        _, spread = series("eval_return_std")
+        ax.errorbar(frames, evals, yerr=spread, marker="o", capsize=3, label="eval (mean +- std)")
+        ax.set_xlabel("environment frames")
+        ax.set_ylabel("episode return")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = self.folder / "learning_curve.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+class StopSignals:
+    """SIGINT and SIGTERM request a stop at the next safe point; a second one aborts at once."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.phase = "startup"
+        self.last_checkpoint = "none"
+
+    def install(self) -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._handle)
+
+    @staticmethod
+    def ignore() -> None:
+        """While collector workers start: they inherit it and leave stopping to this process."""
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.received)
+
+    def _handle(self, number: int, frame) -> None:
+        name = signal.Signals(number).name
+        if self.received is not None:
+            print(f"\n{name} again: aborting now, without a checkpoint (the last one: {self.last_checkpoint}).", flush=True)
+            os._exit(128 + number)
+        self.received = number
+        tqdm.tqdm.write(
+            f"\n{name} received during {self.phase}: stopping once it is done, with a checkpoint "
+            f"(send {name} again to abort at once, without one)."
+        )
+
+
+class NonFiniteData(ValueError):
+    """A NaN or infinite value in collected data or in a loss."""
+
+
+def check_finite_batch(batch: TensorDictBase, first_frame: int) -> None:
+    """Raises NonFiniteData naming the key and the frame of the first non-finite value of a collected batch."""
+    flat = batch.reshape(-1)
+    for key, value in flat.items(True, True):
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            row = int((~torch.isfinite(value.reshape(len(flat), -1))).any(-1).nonzero()[0])
+            raise NonFiniteData(
+                f"The collected data holds a non-finite {key!r} ({value[row].flatten().tolist()}) at frame "
+                f"{first_frame + row + 1}; it was not stored. The environment (or its transforms) produced it: "
+                "check the task's observations and rewards."
+            )
+
+
+def check_finite_losses(metrics: list[TensorDictBase], first_update: int) -> None:
+    """One device sync per collector batch: every ``loss_*`` of the batch's updates must be finite."""
+    if not metrics:
+        return
+    keys = [key for key in metrics[0].keys() if key.startswith("loss_")]
+    losses = torch.stack([torch.stack([m[key] for key in keys if key in m.keys()]).float().sum() for m in metrics])
+    if torch.isfinite(losses).all():
+        return
+    index = int((~torch.isfinite(losses)).nonzero()[0])
+    values = {key: metrics[index][key].item() for key in keys if key in metrics[index].keys()}
+    raise NonFiniteData(
+        f"Update {first_update + index + 1} gave non-finite losses {values}: the weights may be non-finite from "
+        "then on. No checkpoint was written; lower optim.lr, or look for extreme rewards."
+    )
+
+
+def state_is_finite(saved: dict) -> bool:
+    def walk(value) -> bool:
+        if isinstance(value, torch.Tensor):
+            return not value.is_floating_point() or bool(torch.isfinite(value).all())
+        if isinstance(value, dict) or hasattr(value, "items"):
+            return all(walk(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return all(walk(v) for v in value)
+        return True
+
+    return walk(saved)
+
+
+def train(
+    cfg: DictConfig,
+    folder: RunFolder,
+    *,
+    name: str,
+    device: torch.device,
+    logger,
+    eval_env: EnvBase,
+    policy: Callable,
+    exploration_policy: Callable,
+    learn: Callable[[TensorDict], TensorDict],
+    state: dict[str, object],
+    eval_exploration: ExplorationType,
+) -> None:
+    """Trains until ``collector.total_frames`` or a stop signal (then exits with 130 / 143).
+
+    ``learn(batch)`` takes one replay batch and returns the update's detached metrics (``loss_*``
+    among them); ``state`` maps names to what a checkpoint holds (``state_dict``/``load_state_dict``);
+    ``policy`` is evaluated under ``eval_exploration``, ``exploration_policy`` collects. ``folder`` is
+    claimed before anything is written into it (``RunFolder``).
+    """
+    Training(cfg, folder, name, device, logger, eval_env, policy, exploration_policy, learn, state, eval_exploration).run()
+
+
+class Training:
+    """One run of :func:`train`: its counters, its schedule and the steps of its loop."""
+
+    def __init__(self, cfg, folder, name, device, logger, eval_env, policy, exploration_policy, learn, state, eval_exploration):
+        self.cfg, self.folder, self.name, self.device, self.logger = cfg, folder.folder, name, device, logger
+        self.eval_env, self.policy, self.exploration_policy, self.learn = eval_env, policy, exploration_policy, learn
+        self.eval_exploration = eval_exploration
+        self.stop = StopSignals()
+        self.run_folder = folder
+        self.config = {"algorithm": name, **OmegaConf.to_container(cfg, resolve=True)}
+        OmegaConf.save(cfg, self.folder / "config.yaml", resolve=True)
+        self.replay_buffer = make_replay_buffer(cfg, device)
+        self.state = dict(state)
+        self.frames, self.updates, self.credit, self.wall_offset = 0, 0, 0.0, 0.0
+        c = cfg.collector
+        self.total_frames, self.update_start = c.total_frames, c.init_random_frames
+        self.next_eval, self.next_checkpoint, self.last_eval = cfg.eval.interval, cfg.checkpoint.interval, -1
+        self.results = Results(self.folder)
+        self.saved_at: tuple[int, int] | None = None
+        self.last_train, self.last_eval_return = float("nan"), float("nan")
+        self.action_spec = eval_env.action_spec_unbatched.to(device)
+
+    # --- resume ----------------------------------------------------------------------------------
+    def resume(self) -> None:
+        path = self.cfg.checkpoint.resume
+        saved = load_checkpoint(path, self.device)
+        changed = compare_for_resume(saved["config"], self.config)
+        for component, value in self.state.items():
+            self.state[component].load_state_dict(saved["state"][component])
+        has_buffer = "replay_buffer" in saved
+        if has_buffer:
+            self.replay_buffer.load_state_dict(saved["replay_buffer"])
+        self.frames, self.updates, self.credit = saved["frames"], saved["updates"], saved["update_credit"]
+        self.next_eval, self.next_checkpoint, self.last_eval = (saved["schedule"][k] for k in ("next_eval", "next_checkpoint", "last_eval"))
+        self.wall_offset = saved["wall_time"]
+        self.results = Results(self.folder, saved["results"])
+        set_rng_state(saved["rng"])
+        self.saved_at = (self.frames, self.updates) if Path(path).resolve() == (self.folder / CHECKPOINT).resolve() else None
+        lines = [f"Resumed from {path} at frame {self.frames} ({self.updates} updates)."]
+        restored = "networks, target networks, optimizers, learning-rate schedule, RNG states, counters, results"
+        lines.append(f"  restored exactly: {restored}" + (f", replay buffer ({len(self.replay_buffer)} transitions)" if has_buffer else ""))
+        if not has_buffer:
+            self.update_start = self.frames + self.cfg.collector.init_random_frames
+            lines.append(
+                f"  the checkpoint holds no replay buffer: updates resume once the policy has collected "
+                f"{self.cfg.collector.init_random_frames} new transitions (frame {self.update_start})"
+            )
+        elif not self.cfg.checkpoint.save_replay_buffer:
+            lines.append("  its replay buffer was loaded; checkpoint.save_replay_buffer=false: later checkpoints will not hold it")
+        lines.append(
+            f"  new: the episodes in progress restart; environments seeded from (env.seed, frame {self.frames})"
+        )
+        lines += [f"  changed: {key}: {old!r} -> {new!r}" for key, old, new in changed]
+        print("\n".join(lines), flush=True)
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def wall_time(self) -> float:
+        """Seconds of training so far, across resumes."""
+        return round(self.wall_offset + time.perf_counter() - self.start, 3)
+
+    def checkpoint(self) -> Path:
+        path = self.folder / CHECKPOINT
+        if self.saved_at == (self.frames, self.updates):
+            return path
+        previous, self.stop.phase = self.stop.phase, "checkpoint writing"
+        saved = {"format": FORMAT, "config": self.config, "state": {k: v.state_dict() for k, v in self.state.items()}}
+        if not state_is_finite(saved["state"]):
+            raise NonFiniteData(
+                f"At frame {self.frames} the weights or optimizer states are not finite; no checkpoint was written "
+                f"(the last one: {self.stop.last_checkpoint})."
+            )
+        if self.cfg.checkpoint.save_replay_buffer:
+            saved["replay_buffer"] = self.replay_buffer.state_dict()
+        saved.update(
+            frames=self.frames, updates=self.updates, update_credit=self.credit, results=self.results.rows, rng=rng_state(),
+            wall_time=self.wall_time(),
+            schedule={"next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint, "last_eval": self.last_eval},
+        )
+        with timeit("checkpoint"):
+            save_checkpoint(path, saved)
+        self.saved_at = (self.frames, self.updates)
+        self.stop.last_checkpoint = f"frame {self.frames}, {path}"
+        self.stop.phase = previous
+        return path
+
+    # --- the steps of the loop -------------------------------------------------------------------
+    def store(self, batch: TensorDictBase) -> None:
+        self.stop.phase = "collection"
+        check_finite_batch(batch, self.frames)
+        with timeit("rb - extend"):
+            self.replay_buffer.extend(batch.reshape(-1))
+        self.frames += batch.numel()
+        if self.frames >= self.update_start:
+            self.credit += batch.numel() * self.cfg.optim.utd_ratio
+
+    def update_phase(self) -> list[TensorDictBase]:
+        """The updates owed (``credit``), one at a time, until done or a stop is requested."""
+        metrics, first = [], self.updates
+        self.stop.phase = "updates"
+        while self.credit >= 1 and not self.stop.requested:
+            with timeit("rb - sample"):
+                sample = self.replay_buffer.sample()
+            with timeit("update"):
+                metrics.append(self.learn(sample))
+            if self.cfg.replay_buffer.prb:
+                self.replay_buffer.update_priority(sample)
+            self.credit -= 1
+            self.updates += 1
+        check_finite_losses(metrics, first)
+        return metrics
+
+    def evaluate(self) -> None:
+        self.stop.phase = "evaluation"
+        low, high = self.action_spec.space.low, self.action_spec.space.high
+        with set_exploration_type(self.eval_exploration), torch.no_grad(), timeit("eval"):
+            rollout = self.eval_env.rollout(
+                self.cfg.env.max_episode_steps, self.policy, auto_cast_to_device=True, break_when_any_done=True
+            )
+        returns = rollout["next", "reward"].sum(-2).squeeze(-1)
+        edges = edge_fraction(rollout["action"].to(low.device), low, high).item()
+        self.results.add(
+            frame=self.frames, wall_time=self.wall_time(), eval_return=returns.mean().item(),
+            eval_return_std=returns.std().item(), eval_edge_fraction=edges,
+        )
+        self.last_eval, self.last_eval_return = self.frames, returns.mean().item()
+        tqdm.tqdm.write(
+            f"[eval] frame {self.frames}: return {returns.mean():.1f} +- {returns.std():.1f} over {returns.numel()} "
+            f"episodes; {100 * edges:.0f}% of action components on the box edges"
+        )
+        if self.logger is not None:
+            self.logger.log_scalar("eval/return", returns.mean().item(), step=self.frames)
+            self.logger.log_scalar("eval/edge_fraction", edges, step=self.frames)
+            self.eval_env.apply(lambda module: module.dump() if hasattr(module, "dump") else None)
+
+    def scheduled_work(self) -> None:
+        """The evaluation and the checkpoint due at this frame (the last frame always evaluates)."""
+        final = self.frames >= self.total_frames and self.last_eval != self.frames
+        if self.frames >= self.next_eval or final:
+            self.evaluate()
+            while self.next_eval <= self.frames:
+                self.next_eval += self.cfg.eval.interval
+        if self.frames >= self.next_checkpoint:
+            while self.next_checkpoint <= self.frames:
+                self.next_checkpoint += self.cfg.checkpoint.interval
+            self.checkpoint()
+
+    def record_episodes(self, batch: TensorDictBase) -> None:
+        episode_end = batch["next", "done"].squeeze(-1)
+        for episode_return in batch["next", "episode_reward"][episode_end].flatten().tolist():
+            self.results.add(frame=self.frames, wall_time=self.wall_time(), train_return=episode_return)
+            self.last_train = episode_return
+
+    def log(self, metrics: list[TensorDictBase]) -> None:
+        if self.logger is None:
+            return
+        scalars = {"train/return": self.last_train}
+        keys = dict.fromkeys(key for m in metrics for key in m.keys())
+        for key in keys:
+            values = [m[key] for m in metrics if key in m.keys()]
+            scalars[f"train/{key}"] = torch.stack(values).float().mean().item()
+        scalars.update(timeit.todict(prefix="time"))
+        for key, value in scalars.items():
+            self.logger.log_scalar(key, value, step=self.frames)
+
+    def make_collector(self):
+        seed = stream_seed(self.cfg.env.seed, self.frames)
+        random_frames = max(0, self.cfg.collector.init_random_frames - self.frames)
+        self.stop.ignore()  # collector processes inherit it: stopping is this process's job
+        try:
+            return make_collector(self.cfg, self.exploration_policy, self.total_frames - self.frames, random_frames, seed, self.device)
+        finally:
+            self.stop.install()
+
+    # --- the run ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.stop.install()
+        self.start = time.perf_counter()
+        if self.run_folder.removed_partials:
+            print(f"Removed the partial files of an interrupted write: {[p.name for p in self.run_folder.removed_partials]}")
+        if self.cfg.checkpoint.resume:
+            self.resume()
+        self.eval_env.set_seed(stream_seed(self.cfg.env.seed + EVAL_SEED_OFFSET, self.frames))
+        collector = None
+        pbar = tqdm.tqdm(total=self.total_frames, initial=self.frames, unit="frame", unit_scale=True, dynamic_ncols=True)
+        try:
+            if not self.stop.requested and self.frames >= self.update_start:
+                self.update_phase()  # the updates a stopped run still owed
+            if not self.stop.requested:
+                self.scheduled_work()
+            if self.frames < self.total_frames and not self.stop.requested:
+                collector = self.make_collector()
+                for batch in collector:
+                    self.store(batch)
+                    metrics = self.update_phase() if self.frames >= self.update_start else []
+                    if metrics:
+                        collector.update_policy_weights_()
+                    self.record_episodes(batch)
+                    pbar.update(batch.numel())
+                    if not self.stop.requested:
+                        self.scheduled_work()
+                    pbar.set_postfix(train_return=f"{self.last_train:.1f}", eval_return=f"{self.last_eval_return:.1f}", updates=str(self.updates))
+                    self.log(metrics)
+                    if self.stop.requested:
+                        break
+        except BaseException:
+            pbar.close()
+            print(
+                f"\nStopped by an error at frame {self.frames} ({self.updates} updates); no checkpoint written "
+                f"(the last one: {self.stop.last_checkpoint}).", flush=True,
+            )
+            raise
+        finally:
+            if collector is not None:
+                collector.shutdown()
+        pbar.close()
+        path = self.checkpoint()
+        if self.stop.requested:
+            print(f"Stopped at frame {self.frames} ({self.updates} updates); checkpoint written to {path}", flush=True)
+            sys.exit(self.stop.exit_code)
+        figure = self.results.plot(f"{self.name} {self.cfg.env.domain}-{self.cfg.env.task}")
+        self.eval_env.close()
+        print(f"Done: {self.frames} frames, {self.updates} updates. Results: {self.folder / 'returns.csv'}, {figure}, {path}", flush=True)
