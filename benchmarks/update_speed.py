@@ -14,6 +14,8 @@ rounds and the spread (min-max). Candidates:
   eps-network, ReLU critics, fused Adam);
 - ``qsm-bf16``: the same with ``optim.bf16_matmuls`` (autocast: matmuls in bf16, schedule, losses and
   optimizer in fp32);
+- ``qsm-unchecked``: ``qsm`` with ``QSMLoss(check_finite=False)`` (on CPU the default checks every
+  input and loss for NaN/inf; the ratio of the two is that check's cost);
 - ``qsm-reference``: a straightforward eager QSM update (tests/reference_qsm.py, the tests' oracle, plain Adam);
 - ``sac``, ``td3``: TorchRL's SACLoss and TD3Loss agents as TorchRL's sota scripts build them
   (benchmarks/learning/baselines.py);
@@ -28,6 +30,7 @@ It also prints the FLOPs of one update (matmuls, from torch.utils.flop_counter's
 time, against the same matmuls replayed alone (the roofline fraction), and the acting latency of each
 actor at batch 1 and 16.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +50,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT_DIR = ROOT / "sota-implementations" / "qsm"
 for folder in (SCRIPT_DIR, ROOT / "benchmarks" / "learning", ROOT / "tests"):
     sys.path.insert(0, str(folder))
-from baselines import sac, td3  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from qsm import make_learner  # noqa: E402
-from reference_qsm import ReferenceQSM  # noqa: E402
-from utils import compile_update, make_env  # noqa: E402
+from hydra import compose, initialize_config_dir
+
+from baselines import sac, td3
+from qsm import make_learner
+from reference_qsm import ReferenceQSM
+from utils import compile_update, make_env
 
 OBS_DIM, ACTION_DIM = 17, 6
 
@@ -95,10 +99,13 @@ def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict
         reference["state"]["target_updater"].step()
         return TensorDict(loss_actor=loss_actor.detach(), loss_qvalue=loss_qvalue.detach())
 
+    unchecked = make_learner(cfg, env, device)
+    unchecked["state"]["loss"].check_finite = False
     sac_agent, td3_agent = sac(cfg, env, device), td3(cfg, env, device)
     out = {
         "qsm": (qsm["learn"], qsm["policy"]),
         "qsm-bf16": (make_learner(script_config(width, device, "optim.bf16_matmuls=true"), env, device)["learn"], None),
+        "qsm-unchecked": (unchecked["learn"], None),
         "qsm-reference": (reference_update, None),
         "sac": (sac_agent["learn"], sac_agent["policy"]),
         "td3": (td3_agent["learn"], td3_agent["policy"]),
@@ -211,18 +218,29 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=40)
-    parser.add_argument("--compile", nargs="*", default=["qsm", "qsm-bf16", "sac", "td3"], metavar="NAME",
-                        help="candidates to also time under torch.compile (none: --compile with no name)")
-    parser.add_argument("--no-recompute-pointwise", action="store_true",
-                        help="compile with the partitioner's default (compile.recompute_pointwise=false)")
+    parser.add_argument(
+        "--compile",
+        nargs="*",
+        default=["qsm", "qsm-bf16", "sac", "td3"],
+        metavar="NAME",
+        help="candidates to also time under torch.compile (none: --compile with no name)",
+    )
+    parser.add_argument(
+        "--no-recompute-pointwise",
+        action="store_true",
+        help="compile with the partitioner's default (compile.recompute_pointwise=false)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     # Every compiled candidate steps its own Adams through the one Optimizer.step code object; past
     # dynamo's default of 8 recompiles the last candidates' steps would silently run eager.
     torch._dynamo.config.recompile_limit = 64
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch}, "
-          f"rounds {args.rounds} x {args.iters} updates, compiled with recompute_pointwise={not args.no_recompute_pointwise}")
+    print(
+        f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch}, "
+        f"rounds {args.rounds} x {args.iters} updates, "
+        f"compiled with recompute_pointwise={not args.no_recompute_pointwise}"
+    )
     if device.type == "cuda":
         print(torch.cuda.get_device_name())
 
@@ -246,27 +264,52 @@ def main() -> None:
         gemm_seconds = {name: matmul_time(calls, device) for name, calls in matmuls.items()}
         print(f"  {'candidate':<22}{'ms/update':>10}{'spread':>16}{'updates/s':>11}{'x SAC':>8}")
         for name, t in times.items():
-            print(f"  {name:<22}{1e3 * median[name]:>10.2f}{f'{1e3 * min(t):.2f}-{1e3 * max(t):.2f}':>16}"
-                  f"{1 / median[name]:>11.1f}{median[name] / median['sac']:>8.2f}")
+            print(
+                f"  {name:<22}{1e3 * median[name]:>10.2f}{f'{1e3 * min(t):.2f}-{1e3 * max(t):.2f}':>16}"
+                f"{1 / median[name]:>11.1f}{median[name] / median['sac']:>8.2f}"
+            )
         # each round times QSM and SAC minutes apart at most: the ratio within a round cancels the host's slow drifts
         paired = sorted(q / s for q, s in zip(times["qsm"], times["sac"]))
-        print(f"  QSM / SAC time ratio (eager): {median['qsm'] / median['sac']:.2f} (of the medians); within each round: "
-              f"median {statistics.median(paired):.2f}, spread {paired[0]:.2f}-{paired[-1]:.2f}")
+        print(
+            f"  QSM / SAC time ratio (eager): {median['qsm'] / median['sac']:.2f} (of the medians); within each round: "
+            f"median {statistics.median(paired):.2f}, spread {paired[0]:.2f}-{paired[-1]:.2f}"
+        )
         print(f"  fast QSM vs straightforward eager QSM: {median['qsm-reference'] / median['qsm']:.2f}x faster")
-        print(f"  FLOPs per update: QSM {flops['qsm'] / 1e6:.0f} M, SAC {flops['sac'] / 1e6:.0f} M "
-              f"(QSM/SAC {flops['qsm'] / flops['sac']:.2f})")
+        checked = sorted(c / u for c, u in zip(times["qsm"], times["qsm-unchecked"]))
+        print(
+            "  QSMLoss's finite check (check_finite on / off, within rounds): "
+            f"median {statistics.median(checked):.3f}, "
+            f"spread {checked[0]:.3f}-{checked[-1]:.3f}"
+        )
+        print(
+            f"  FLOPs per update: QSM {flops['qsm'] / 1e6:.0f} M, SAC {flops['sac'] / 1e6:.0f} M "
+            f"(QSM/SAC {flops['qsm'] / flops['sac']:.2f})"
+        )
         print("  roofline: the update's FLOPs / its time, against its own matmuls replayed alone (same shapes, dtypes)")
-        for name, recorded in (("qsm", "qsm"), ("qsm-compiled", "qsm"), ("qsm-bf16", "qsm-bf16"),
-                               ("qsm-bf16-compiled", "qsm-bf16"), ("sac", "sac"), ("sac-compiled", "sac")):
+        for name, recorded in (
+            ("qsm", "qsm"),
+            ("qsm-compiled", "qsm"),
+            ("qsm-bf16", "qsm-bf16"),
+            ("qsm-bf16-compiled", "qsm-bf16"),
+            ("sac", "sac"),
+            ("sac-compiled", "sac"),
+        ):
             if name in median:
                 achieved, gemm = flops[recorded] / median[name] / 1e9, flops[recorded] / gemm_seconds[recorded] / 1e9
-                print(f"    {name:<14} {achieved:6.0f} GFLOP/s; its matmuls alone {gemm:6.0f} GFLOP/s "
-                      f"({1e3 * gemm_seconds[recorded]:.2f} ms); roofline fraction {achieved / gemm:.2f}")
-        print(f"  (one [{args.batch}x{width}]x[{width}x{width}] GEMM: fp32 {gemm_throughput(width, args.batch, device):.0f}, "
-              f"bf16 {gemm_throughput(width, args.batch, device, torch.bfloat16):.0f} GFLOP/s)")
+                print(
+                    f"    {name:<14} {achieved:6.0f} GFLOP/s; its matmuls alone {gemm:6.0f} GFLOP/s "
+                    f"({1e3 * gemm_seconds[recorded]:.2f} ms); roofline fraction {achieved / gemm:.2f}"
+                )
+        print(
+            f"  (one [{args.batch}x{width}]x[{width}x{width}] GEMM: "
+            f"fp32 {gemm_throughput(width, args.batch, device):.0f}, "
+            f"bf16 {gemm_throughput(width, args.batch, device, torch.bfloat16):.0f} GFLOP/s)"
+        )
         print("  acting latency (ms), RANDOM, no grad (compiled: the training script's compile.policy=true):")
         actors = {name: cands[name][1] for name in ("qsm", "sac", "td3")}
-        actors.update({f"{name}-compiled": torch.compile(actors[name]) for name in ("qsm", "sac") if name in args.compile})
+        actors.update(
+            {f"{name}-compiled": torch.compile(actors[name]) for name in ("qsm", "sac") if name in args.compile}
+        )
         batch1 = {}
         for name, actor in actors.items():
             batch1[name], b16 = acting_latency(actor, 1, device), acting_latency(actor, 16, device)

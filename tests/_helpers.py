@@ -1,8 +1,14 @@
-"""Shared builders for the tests: small actors, critics and replay-like batches (the shape of TorchRL's
-test/_utils_internal.py)."""
+"""Shared builders for the tests: small actors, critics, replay-like batches and runs of the training
+script (the shape of TorchRL's test/_utils_internal.py)."""
+
 from __future__ import annotations
 
+import csv
 import importlib
+import math
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +24,58 @@ from torchrl_qsm import DiffusionActor
 
 OBS_DIM, ACTION_DIM = 5, 3
 SCRIPT_DIR = Path(__file__).resolve().parents[1] / "sota-implementations" / "qsm"
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "env.domain=cartpole",
+    "env.task=swingup",
+    "collector.total_frames=200",
+    "collector.init_random_frames=100",
+    "collector.frames_per_batch=50",
+    "optim.batch_size=16",
+    "replay_buffer.size=1000",
+    "network.hidden_sizes=[32,32]",
+    "eval.interval=100",
+    "eval.episodes=2",
+    "env.max_episode_steps=50",
+    "checkpoint.interval=100",
+]
+
+BASELINES = ROOT / "benchmarks" / "learning" / "baselines.py"
+
+
+def run_script(
+    folder: Path, *overrides: str, check: bool = True, script: list[str] | None = None, tiny: bool = True
+) -> subprocess.CompletedProcess:
+    """The script as a user runs it, on the TINY budget (unless ``tiny=False``) plus ``overrides``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    script = script or [str(SCRIPT_DIR / "qsm.py")]
+    done = subprocess.run(
+        [sys.executable, *script, *(TINY if tiny else []), *overrides, f"hydra.run.dir={folder}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"qsm.py failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+    return done
+
+
+def read_returns(folder: Path) -> list[dict]:
+    with open(folder / "returns.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_results(folder: Path, final_frame: int) -> None:
+    for name in ("config.yaml", "returns.csv", "learning_curve.png", "checkpoint.pt", "checkpoint.pt.sha256"):
+        assert (folder / name).is_file(), name
+    rows = read_returns(folder)
+    evals = [float(r["eval_return"]) for r in rows if r["eval_return"]]
+    trains = [float(r["train_return"]) for r in rows if r["train_return"]]
+    assert evals and trains and all(math.isfinite(v) for v in evals + trains)
+    assert 0 <= float(rows[-1]["eval_edge_fraction"]) <= 1
+    assert torch.load(folder / "checkpoint.pt", weights_only=False)["frames"] == final_frame
 
 
 def script_module(name: str) -> ModuleType:
@@ -93,3 +151,9 @@ def pin_critics(loss, critic: TensorDictModule) -> None:
     params = TensorDict.from_module(critic).data
     loss.qvalue_network_params.data.copy_(params.expand(loss.num_qvalue_nets))
     loss.target_qvalue_network_params.data.copy_(params.expand(loss.num_qvalue_nets))
+
+
+def copy_run(run: Path, folder: Path) -> Path:
+    """A copy of a finished run's folder, to resume or damage without touching the original."""
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns(".lock"))
+    return folder

@@ -1,67 +1,18 @@
 """The training script, run as a user runs it (subprocess, Hydra overrides), on a tiny budget."""
+
 from __future__ import annotations
 
-import csv
-import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from _helpers import SCRIPT_DIR, script_module
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "env.domain=cartpole",
-    "env.task=swingup",
-    "collector.total_frames=200",
-    "collector.init_random_frames=100",
-    "collector.frames_per_batch=50",
-    "optim.batch_size=16",
-    "replay_buffer.size=1000",
-    "network.hidden_sizes=[32,32]",
-    "eval.interval=100",
-    "eval.episodes=2",
-    "env.max_episode_steps=50",
-    "checkpoint.interval=100",
-]
+from _helpers import assert_results, BASELINES, read_returns, run_script, SCRIPT_DIR, script_module, TINY
 
 pytestmark = pytest.mark.slow
-
-
-BASELINES = ROOT / "benchmarks" / "learning" / "baselines.py"
-
-
-def run_script(folder: Path, *overrides: str, check: bool = True, script: list[str] | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    script = script or [str(SCRIPT_DIR / "qsm.py")]
-    done = subprocess.run(
-        [sys.executable, *script, *TINY, *overrides, f"hydra.run.dir={folder}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"qsm.py failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
-    return done
-
-
-def read_returns(folder: Path) -> list[dict]:
-    with open(folder / "returns.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def assert_results(folder: Path, final_frame: int) -> None:
-    for name in ("config.yaml", "returns.csv", "learning_curve.png", "checkpoint.pt", "checkpoint.pt.sha256"):
-        assert (folder / name).is_file(), name
-    rows = read_returns(folder)
-    evals = [float(r["eval_return"]) for r in rows if r["eval_return"]]
-    trains = [float(r["train_return"]) for r in rows if r["train_return"]]
-    assert evals and trains and all(math.isfinite(v) for v in evals + trains)
-    assert 0 <= float(rows[-1]["eval_edge_fraction"]) <= 1
-    assert torch.load(folder / "checkpoint.pt", weights_only=False)["frames"] == final_frame
 
 
 def test_trains_on_dm_control_and_writes_the_results_folder(tmp_path):
@@ -92,9 +43,8 @@ def test_trains_with_two_collector_processes(tmp_path):
     assert_results(tmp_path, final_frame=200)
 
 
-def test_resume_restores_weights_optimizers_and_replay_buffer_exactly_and_continues(tmp_path):
-    first, again, longer = tmp_path / "first", tmp_path / "again", tmp_path / "longer"
-    run_script(first)
+def test_resume_restores_weights_optimizers_and_replay_buffer_exactly_and_continues(tmp_path, tiny_run):
+    first, again, longer = tiny_run, tmp_path / "again", tmp_path / "longer"
     saved = torch.load(first / "checkpoint.pt", weights_only=False)
     assert saved["frames"] == 200 and saved["updates"] == 150
 
@@ -165,11 +115,20 @@ def compose_config(*overrides: str):
         (["optim.gamma=0"], "optim.gamma"),
         (["env.seed=-1"], "env.seed must be >= 0"),
         (["env.max_episode_steps=0"], "env.max_episode_steps must be >= 1"),
-        (["replay_buffer.device=cuda:5"] if not torch.cuda.is_available() else ["replay_buffer.device=cuda:999"], "replay_buffer.device="),
+        (
+            ["replay_buffer.device=cuda:5"] if not torch.cuda.is_available() else ["replay_buffer.device=cuda:999"],
+            "replay_buffer.device=",
+        ),
         (["replay_buffer.device=gpu"], "replay_buffer.device='gpu' is not a device name"),
         (["network.actor_activation=Swish"], r"network.actor_activation must be one of \[.*'Mish'"),
-        (["collector.frames_per_batch=1000", "collector.total_frames=400", "collector.init_random_frames=0"], "must not exceed collector.total_frames"),
-        (["collector.frames_per_batch=300", "collector.total_frames=1000"], "must be a multiple of collector.frames_per_batch"),
+        (
+            ["collector.frames_per_batch=1000", "collector.total_frames=400", "collector.init_random_frames=0"],
+            "must not exceed collector.total_frames",
+        ),
+        (
+            ["collector.frames_per_batch=300", "collector.total_frames=1000"],
+            "must be a multiple of collector.frames_per_batch",
+        ),
         (["+optim.lr_decay=0.5"], r"Unknown configuration field\(s\): optim.lr_decay \(did you mean optim.lr"),
         (["+diffusion.alfa=1"], r"diffusion.alfa \(did you mean diffusion.alpha\?\)"),
         (["logger.backend=neptune"], "logger.backend must be one of"),
@@ -259,7 +218,10 @@ def test_the_faithful_preset_states_the_library_defaults():
     }
     for name in ("alpha", "grad_at", "critic_reduction", "normalize_grad", "policy_noise", "num_steps", "temperature"):
         assert preset[name] == defaults[name], name
-    assert preset.schedule == "vp" and inspect.signature(EpsilonNetwork).parameters["num_steps"].default == preset.num_steps
+    assert (
+        preset.schedule == "vp"
+        and inspect.signature(EpsilonNetwork).parameters["num_steps"].default == preset.num_steps
+    )
 
 
 def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_policy(tmp_path):
@@ -271,7 +233,9 @@ def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_poli
     for flag in (False, True):
         cfg = compose_config(*TINY, f"compile.policy={str(flag).lower()}")
         _, policy = utils.make_qsm_agent(cfg, utils.make_env("cartpole", "swingup"), torch.device("cpu"))
-        collector = utils.make_collector(cfg, policy, total_frames=50, init_random_frames=0, seed=0, device=torch.device("cpu"))
+        collector = utils.make_collector(
+            cfg, policy, total_frames=50, init_random_frames=0, seed=0, device=torch.device("cpu")
+        )
         assert bool(collector.compiled_policy) is flag
         collector.shutdown()
 
@@ -285,13 +249,17 @@ def test_eval_videos_are_recorded_where_mujoco_renders(tmp_path):
 
 def test_without_a_gl_backend_videos_are_skipped_with_a_warning():
     snippet = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from omegaconf import OmegaConf; import config; from utils import "
+        "import sys; sys.path.insert(0, sys.argv[1]); from omegaconf import OmegaConf; "
+        "from utils import "
         "rendering_available; print(rendering_available(OmegaConf.create({'env': {'domain': 'cartpole', "
         "'task': 'swingup'}})))"
     )
     done = subprocess.run(
-        [sys.executable, "-c", snippet, str(SCRIPT_DIR)], env=dict(os.environ, MUJOCO_GL="disable"),
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", snippet, str(SCRIPT_DIR)],
+        env=dict(os.environ, MUJOCO_GL="disable"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.stdout.strip() == "False", done.stderr[-2000:]
     assert "MuJoCo cannot render offscreen here" in done.stderr and "Continuing without video" in done.stderr

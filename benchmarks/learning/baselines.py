@@ -11,27 +11,32 @@ td3/utils.py in pytorch/rl): TorchRL's losses, actors and target updaters, their
 ReLU networks, and TD3's exploration and smoothing noises. The ``diffusion`` section is QSM's and is
 not read here. Both are evaluated deterministically (SAC at its mean, TD3 without noise).
 """
+
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import os
 import random
 import sys
 from pathlib import Path
 
+if "DISPLAY" not in os.environ and "MUJOCO_GL" not in os.environ:  # as qsm.py does, before MuJoCo is imported
+    os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "disable"
+
 SCRIPT_DIR = Path(__file__).resolve().parents[2] / "sota-implementations" / "qsm"
 sys.path.insert(0, str(SCRIPT_DIR))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import DictConfig, open_dict, OmegaConf  # noqa: E402
-from tensordict import TensorDict  # noqa: E402
-from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential  # noqa: E402
-from torch import nn  # noqa: E402
-from torchrl.envs import EnvBase  # noqa: E402
-from torchrl.envs.utils import ExplorationType  # noqa: E402
-from torchrl.modules import (  # noqa: E402
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tensordict import TensorDict
+from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType
+from torchrl.modules import (
     AdditiveGaussianModule,
     MLP,
     NormalParamExtractor,
@@ -40,18 +45,20 @@ from torchrl.modules import (  # noqa: E402
     TanhNormal,
     ValueOperator,
 )
-from torchrl.objectives import SACLoss, SoftUpdate, TD3Loss  # noqa: E402
+from torchrl.objectives import SACLoss, SoftUpdate, TD3Loss
 
-from checkpoints import RunFolder  # noqa: E402
-from config import resolve_device, validate_config  # noqa: E402
-from loop import train  # noqa: E402
-from utils import adam, make_eval_env, make_logger  # noqa: E402
+from checkpoints import RunFolder
+from config import resolve_device, validate_config
+from loop import train
+from utils import adam, make_eval_env, make_logger
 
 TD3_EXPLORATION_STD, TD3_POLICY_NOISE, TD3_NOISE_CLIP, TD3_POLICY_DELAY = 0.1, 0.2, 0.5, 2  # TorchRL's sota td3
 
 
 def relu_mlp(cfg: DictConfig, in_features: int, out_features: int, device) -> MLP:
-    return MLP(in_features, out_features, num_cells=list(cfg.network.hidden_sizes), activation_class=nn.ReLU, device=device)
+    return MLP(
+        in_features, out_features, num_cells=list(cfg.network.hidden_sizes), activation_class=nn.ReLU, device=device
+    )
 
 
 def relu_critic(cfg: DictConfig, env: EnvBase, device) -> ValueOperator:
@@ -63,7 +70,10 @@ def sac(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
     """TorchRL's SAC sota agent: TanhNormal actor, twin critics, learned entropy coefficient."""
     spec = env.action_spec_unbatched.to(device)
     obs_dim, action_dim = env.observation_spec_unbatched["observation"].shape[-1], spec.shape[-1]
-    net = nn.Sequential(relu_mlp(cfg, obs_dim, 2 * action_dim, device), NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1))
+    net = nn.Sequential(
+        relu_mlp(cfg, obs_dim, 2 * action_dim, device),
+        NormalParamExtractor(scale_mapping="biased_softplus_1.0", scale_lb=0.1),
+    )
     actor = ProbabilisticActor(
         TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
         spec=spec,
@@ -72,7 +82,14 @@ def sac(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
         distribution_kwargs={"low": spec.space.low, "high": spec.space.high, "tanh_loc": False},
         default_interaction_type=InteractionType.RANDOM,
     )
-    loss = SACLoss(actor, relu_critic(cfg, env, device), num_qvalue_nets=2, loss_function="l2", delay_actor=False, delay_qvalue=True)
+    loss = SACLoss(
+        actor,
+        relu_critic(cfg, env, device),
+        num_qvalue_nets=2,
+        loss_function="l2",
+        delay_actor=False,
+        delay_qvalue=True,
+    )
     loss.make_value_estimator(gamma=cfg.optim.gamma)
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
     optimizers = {
@@ -90,7 +107,12 @@ def sac(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
         updater.step()
         return out.detach()
 
-    return dict(policy=actor, exploration_policy=actor, learn=learn, state={"loss": loss, **optimizers, "target_updater": updater})
+    return dict(
+        policy=actor,
+        exploration_policy=actor,
+        learn=learn,
+        state={"loss": loss, **optimizers, "target_updater": updater},
+    )
 
 
 class UpdateCounter:
@@ -116,8 +138,15 @@ def td3(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
     )
     noise = AdditiveGaussianModule(spec, sigma_init=TD3_EXPLORATION_STD, sigma_end=TD3_EXPLORATION_STD, device=device)
     loss = TD3Loss(
-        actor, relu_critic(cfg, env, device), action_spec=spec, num_qvalue_nets=2, loss_function="l2", delay_actor=True,
-        delay_qvalue=True, policy_noise=TD3_POLICY_NOISE, noise_clip=TD3_NOISE_CLIP,
+        actor,
+        relu_critic(cfg, env, device),
+        action_spec=spec,
+        num_qvalue_nets=2,
+        loss_function="l2",
+        delay_actor=True,
+        delay_qvalue=True,
+        policy_noise=TD3_POLICY_NOISE,
+        noise_clip=TD3_NOISE_CLIP,
     )
     loss.make_value_estimator(gamma=cfg.optim.gamma)
     updater = SoftUpdate(loss, tau=cfg.optim.tau)
@@ -141,7 +170,13 @@ def td3(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
             out["loss_actor"] = loss_actor.detach()
         return out
 
-    state = {"loss": loss, "actor_optim": actor_optim, "critic_optim": critic_optim, "target_updater": updater, "counter": counter}
+    state = {
+        "loss": loss,
+        "actor_optim": actor_optim,
+        "critic_optim": critic_optim,
+        "target_updater": updater,
+        "counter": counter,
+    }
     return dict(policy=actor, exploration_policy=TensorDictSequential(actor, noise), learn=learn, state=state)
 
 
@@ -162,15 +197,26 @@ def main(argv: list[str] | None = None) -> None:
     validate_config(cfg)
     folder = RunFolder(folder, cfg.checkpoint.resume)
     device = resolve_device(cfg.device)
-    print(f"{args.algorithm.upper()} on {cfg.env.domain}-{cfg.env.task}, device {device}; results in {folder.folder}", flush=True)
+    print(
+        f"{args.algorithm.upper()} on {cfg.env.domain}-{cfg.env.task}, device {device}; results in {folder.folder}",
+        flush=True,
+    )
     torch.manual_seed(cfg.env.seed)
     np.random.seed(cfg.env.seed)
     random.seed(cfg.env.seed)
     logger = make_logger(cfg, folder.folder, name=args.algorithm.upper())
     eval_env = make_eval_env(cfg, logger)
     agent = BASELINES[args.algorithm](cfg, eval_env, device)
-    train(cfg, folder, name=args.algorithm.upper(), device=device, logger=logger, eval_env=eval_env,
-          eval_exploration=ExplorationType.DETERMINISTIC, **agent)
+    train(
+        cfg,
+        folder,
+        name=args.algorithm.upper(),
+        device=device,
+        logger=logger,
+        eval_env=eval_env,
+        eval_exploration=ExplorationType.DETERMINISTIC,
+        **agent,
+    )
 
 
 if __name__ == "__main__":

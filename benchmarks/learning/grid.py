@@ -18,6 +18,7 @@ Writes under ``--out`` (default benchmarks/results/learning):
   commands.txt                     the exact command of every run
 Run folders (checkpoints, logs) go to ``--runs`` (default outputs/learning, not committed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,7 +117,9 @@ def collect(args) -> None:
 
 def eval_curve(rows: list[dict]) -> list[tuple[int, float, float]]:
     """``(frame, eval return, edge fraction)`` of each evaluation."""
-    return [(int(r["frame"]), float(r["eval_return"]), float(r["eval_edge_fraction"])) for r in rows if r["eval_return"]]
+    return [
+        (int(r["frame"]), float(r["eval_return"]), float(r["eval_edge_fraction"])) for r in rows if r["eval_return"]
+    ]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -148,11 +151,18 @@ def summarize(args) -> None:
             # area under the eval curve, normalised by the frames it spans: the mean return over training
             auc = [statistics.fmean(point[1] for point in c) for c in curves]
             edges = [statistics.fmean(point[2] for point in c) for c in curves]
-            table.append({
-                "task": task, "algorithm": algorithm, "seeds": len(curves), "frames": max(c[-1][0] for c in curves),
-                "final": mean_std(final), "auc": mean_std(auc), "edge_fraction": mean_std(edges),
-                "wall_minutes": statistics.fmean(walls) / 60,
-            })
+            table.append(
+                {
+                    "task": task,
+                    "algorithm": algorithm,
+                    "seeds": len(curves),
+                    "frames": max(c[-1][0] for c in curves),
+                    "final": mean_std(final),
+                    "auc": mean_std(auc),
+                    "edge_fraction": mean_std(edges),
+                    "wall_minutes": statistics.fmean(walls) / 60,
+                }
+            )
             length = min(len(c) for c in curves)
             frames = [p[0] for p in curves[0][:length]]
             stats = [mean_std([c[i][1] for c in curves]) for i in range(length)]
@@ -172,7 +182,8 @@ def summarize(args) -> None:
         return f"{pair[0]:.1f} +- {pair[1]:.1f}"
 
     lines = [
-        "| task | algorithm | seeds | frames | final eval return | mean eval return (AUC) | edge fraction | minutes per run |",
+        "| task | algorithm | seeds | frames | final eval return | mean eval return (AUC) | edge fraction "
+        "| minutes per run |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
@@ -183,11 +194,33 @@ def summarize(args) -> None:
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["task", "algorithm", "seeds", "frames", "final_mean", "final_std", "auc_mean", "auc_std",
-                         "edge_fraction", "wall_minutes"])
+        writer.writerow(
+            [
+                "task",
+                "algorithm",
+                "seeds",
+                "frames",
+                "final_mean",
+                "final_std",
+                "auc_mean",
+                "auc_std",
+                "edge_fraction",
+                "wall_minutes",
+            ]
+        )
         for r in table:
-            writer.writerow([r["task"], r["algorithm"], r["seeds"], r["frames"], *r["final"], *r["auc"],
-                             r["edge_fraction"][0], r["wall_minutes"]])
+            writer.writerow(
+                [
+                    r["task"],
+                    r["algorithm"],
+                    r["seeds"],
+                    r["frames"],
+                    *r["final"],
+                    *r["auc"],
+                    r["edge_fraction"][0],
+                    r["wall_minutes"],
+                ]
+            )
     print("\n".join(lines))
 
 
@@ -213,7 +246,7 @@ def main() -> None:
         # interleave algorithms so that a partial grid already compares them
         runs = [(a, t, s) for s in args.seeds for t in args.tasks for a in args.algorithms]
         with ThreadPoolExecutor(args.jobs) as pool:
-            for message, code, seconds in pool.map(lambda run: launch(args, *run), runs):
+            for message, _, seconds in pool.map(lambda run: launch(args, *run), runs):
                 print(f"{message} ({seconds / 60:.1f} min)", flush=True)
                 collect(args)
     collect(args)

@@ -8,6 +8,7 @@
   the partial file is removed and the error says so.
 - Reading verifies the digest and the contents before anything is loaded.
 """
+
 from __future__ import annotations
 
 import errno

@@ -6,27 +6,21 @@ defaults. Hydra checks each field's type against the schema (``optim.batch_size=
 the field); :func:`validate_config` refuses fields the schema does not have (a ``+key`` that nothing
 would read) and values out of range, before anything is built.
 """
+
 from __future__ import annotations
 
-import ctypes.util
 import difflib
 import importlib.util
 import math
-import os
 from dataclasses import dataclass, field, fields, is_dataclass
 
-if "DISPLAY" not in os.environ and "MUJOCO_GL" not in os.environ:
-    # Headless, set before dm_control is first imported: render eval videos with EGL where its library
-    # exists; otherwise physics only (MuJoCo's default, GLFW, warns without a display and can fail).
-    os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "disable"
+import torch
+from dm_control import suite
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, MISSING, OmegaConf
+from torch import nn
 
-import torch  # noqa: E402
-from dm_control import suite  # noqa: E402
-from hydra.core.config_store import ConfigStore  # noqa: E402
-from omegaconf import DictConfig, MISSING, OmegaConf  # noqa: E402
-from torch import nn  # noqa: E402
-
-from torchrl_qsm import Mish  # noqa: E402
+from torchrl_qsm import Mish
 
 
 @dataclass
@@ -225,28 +219,90 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
         (cfg.env.seed >= 0, ["env.seed"], "env.seed must be >= 0"),
         (cfg.env.max_episode_steps >= 1, ["env.max_episode_steps"], "env.max_episode_steps must be >= 1"),
         (cfg.env.frame_skip >= 1, ["env.frame_skip"], "env.frame_skip must be >= 1"),
-        (c.frames_per_batch >= 1 and c.total_frames >= 1, ["collector.frames_per_batch", "collector.total_frames"], "both must be >= 1"),
-        (c.frames_per_batch <= c.total_frames, ["collector.frames_per_batch", "collector.total_frames"], "collector.frames_per_batch must not exceed collector.total_frames (a collector always delivers whole batches)"),
-        (c.total_frames % c.frames_per_batch == 0, ["collector.total_frames", "collector.frames_per_batch"], "collector.total_frames must be a multiple of collector.frames_per_batch (whole batches; the collector would round it up)"),
-        (0 <= c.init_random_frames <= c.total_frames, ["collector.init_random_frames", "collector.total_frames"], "collector.init_random_frames must be in [0, collector.total_frames]"),
+        (
+            c.frames_per_batch >= 1 and c.total_frames >= 1,
+            ["collector.frames_per_batch", "collector.total_frames"],
+            "both must be >= 1",
+        ),
+        (
+            c.frames_per_batch <= c.total_frames,
+            ["collector.frames_per_batch", "collector.total_frames"],
+            "collector.frames_per_batch must not exceed collector.total_frames "
+            "(a collector always delivers whole batches)",
+        ),
+        (
+            c.total_frames % c.frames_per_batch == 0,
+            ["collector.total_frames", "collector.frames_per_batch"],
+            "collector.total_frames must be a multiple of collector.frames_per_batch "
+            "(whole batches; the collector would round it up)",
+        ),
+        (
+            0 <= c.init_random_frames <= c.total_frames,
+            ["collector.init_random_frames", "collector.total_frames"],
+            "collector.init_random_frames must be in [0, collector.total_frames]",
+        ),
         (c.num_envs >= 1, ["collector.num_envs"], "collector.num_envs must be >= 1"),
         (cfg.replay_buffer.size >= 1, ["replay_buffer.size"], "replay_buffer.size must be >= 1"),
         (cfg.replay_buffer.prefetch >= 0, ["replay_buffer.prefetch"], "replay_buffer.prefetch must be >= 0"),
         (o.batch_size >= 1, ["optim.batch_size"], "optim.batch_size must be >= 1"),
-        (o.batch_size <= cfg.replay_buffer.size, ["optim.batch_size", "replay_buffer.size"], "optim.batch_size must not exceed replay_buffer.size"),
+        (
+            o.batch_size <= cfg.replay_buffer.size,
+            ["optim.batch_size", "replay_buffer.size"],
+            "optim.batch_size must not exceed replay_buffer.size",
+        ),
         (math.isfinite(o.lr) and o.lr > 0, ["optim.lr"], "optim.lr must be finite and > 0"),
-        (math.isfinite(o.utd_ratio) and o.utd_ratio > 0, ["optim.utd_ratio"], "optim.utd_ratio (updates per frame) must be finite and > 0"),
+        (
+            math.isfinite(o.utd_ratio) and o.utd_ratio > 0,
+            ["optim.utd_ratio"],
+            "optim.utd_ratio (updates per frame) must be finite and > 0",
+        ),
         (0 < o.gamma <= 1, ["optim.gamma"], "optim.gamma (the discount) must be in (0, 1]"),
         (0 < o.tau <= 1, ["optim.tau"], "optim.tau (the target critics' step) must be in (0, 1]"),
-        (o.actor_lr_decay_updates >= 0, ["optim.actor_lr_decay_updates"], "optim.actor_lr_decay_updates must be >= 0 (0: no decay)"),
-        (len(n.hidden_sizes) >= 1 and min(n.hidden_sizes) >= 1, ["network.hidden_sizes"], "network.hidden_sizes needs at least one width >= 1"),
-        (n.actor_activation in ACTIVATIONS, ["network.actor_activation"], f"network.actor_activation must be one of {sorted(ACTIVATIONS)}"),
-        (n.critic_activation in ACTIVATIONS, ["network.critic_activation"], f"network.critic_activation must be one of {sorted(ACTIVATIONS)}"),
-        (math.isfinite(cfg.diffusion.exploration_std) and cfg.diffusion.exploration_std >= 0, ["diffusion.exploration_std"], "diffusion.exploration_std must be finite and >= 0"),
-        (cfg.eval.mode in ("stochastic", "deterministic"), ["eval.mode"], "eval.mode must be 'stochastic' or 'deterministic'"),
-        (cfg.eval.interval >= 1 and cfg.eval.episodes >= 1, ["eval.interval", "eval.episodes"], "eval.interval and eval.episodes must be >= 1"),
-        (cfg.checkpoint.interval >= 1, ["checkpoint.interval"], "checkpoint.interval (frames between checkpoints) must be >= 1"),
-        (not cfg.logger.backend or cfg.logger.backend in ("csv", *LOGGER_PACKAGES), ["logger.backend"], f"logger.backend must be one of {['csv', *LOGGER_PACKAGES]} or empty"),
+        (
+            o.actor_lr_decay_updates >= 0,
+            ["optim.actor_lr_decay_updates"],
+            "optim.actor_lr_decay_updates must be >= 0 (0: no decay)",
+        ),
+        (
+            len(n.hidden_sizes) >= 1 and min(n.hidden_sizes) >= 1,
+            ["network.hidden_sizes"],
+            "network.hidden_sizes needs at least one width >= 1",
+        ),
+        (
+            n.actor_activation in ACTIVATIONS,
+            ["network.actor_activation"],
+            f"network.actor_activation must be one of {sorted(ACTIVATIONS)}",
+        ),
+        (
+            n.critic_activation in ACTIVATIONS,
+            ["network.critic_activation"],
+            f"network.critic_activation must be one of {sorted(ACTIVATIONS)}",
+        ),
+        (
+            math.isfinite(cfg.diffusion.exploration_std) and cfg.diffusion.exploration_std >= 0,
+            ["diffusion.exploration_std"],
+            "diffusion.exploration_std must be finite and >= 0",
+        ),
+        (
+            cfg.eval.mode in ("stochastic", "deterministic"),
+            ["eval.mode"],
+            "eval.mode must be 'stochastic' or 'deterministic'",
+        ),
+        (
+            cfg.eval.interval >= 1 and cfg.eval.episodes >= 1,
+            ["eval.interval", "eval.episodes"],
+            "eval.interval and eval.episodes must be >= 1",
+        ),
+        (
+            cfg.checkpoint.interval >= 1,
+            ["checkpoint.interval"],
+            "checkpoint.interval (frames between checkpoints) must be >= 1",
+        ),
+        (
+            not cfg.logger.backend or cfg.logger.backend in ("csv", *LOGGER_PACKAGES),
+            ["logger.backend"],
+            f"logger.backend must be one of {['csv', *LOGGER_PACKAGES]} or empty",
+        ),
     ]
     for holds, names, message in checks:
         if not holds:
@@ -279,10 +335,14 @@ def compare_for_resume(saved: dict, current: dict) -> list[tuple[str, object, ob
     Raises ``ValueError`` naming every structural field that differs (see ``STRUCTURAL_FIELDS``).
     """
     before, after = flatten(saved), flatten(current)
-    changed = [(key, before.get(key, "<absent>"), after.get(key, "<absent>")) for key in sorted(before.keys() | after.keys())]
+    changed = [
+        (key, before.get(key, "<absent>"), after.get(key, "<absent>")) for key in sorted(before.keys() | after.keys())
+    ]
     changed = [(key, old, new) for key, old, new in changed if old != new and key != "checkpoint.resume"]
     structural = [
-        (key, old, new) for key, old, new in changed if any(key == s or key.startswith(s + ".") for s in STRUCTURAL_FIELDS)
+        (key, old, new)
+        for key, old, new in changed
+        if any(key == s or key.startswith(s + ".") for s in STRUCTURAL_FIELDS)
     ]
     if structural:
         raise ValueError(

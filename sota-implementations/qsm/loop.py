@@ -12,6 +12,7 @@ What the loop guarantees (README, "Checkpoints and resume"):
 - A resumed run continues the counters, the update schedule and the random streams of the one it
   resumes; a changed configuration is refused field by field where it would not fit the checkpoint.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,9 +31,10 @@ from torchrl._utils import timeit
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
+from torchrl_qsm import edge_fraction
+
 from checkpoints import CHECKPOINT, FORMAT, load_checkpoint, rng_state, RunFolder, save_checkpoint, set_rng_state
 from config import compare_for_resume
-from torchrl_qsm import edge_fraction
 from utils import make_collector, make_replay_buffer, stream_seed
 
 EVAL_SEED_OFFSET = 10_000
@@ -88,12 +90,19 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.previous: dict[int, object] = {}
         self.phase = "startup"
         self.last_checkpoint = "none"
 
     def install(self) -> None:
         for number in (signal.SIGINT, signal.SIGTERM):
+            self.previous.setdefault(number, signal.getsignal(number))
             signal.signal(number, self._handle)
+
+    def restore(self) -> None:
+        """The handlers from before :meth:`install` (for a loop run inside a longer-lived process)."""
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
 
     @staticmethod
     def ignore() -> None:
@@ -112,7 +121,10 @@ class StopSignals:
     def _handle(self, number: int, frame) -> None:
         name = signal.Signals(number).name
         if self.received is not None:
-            print(f"\n{name} again: aborting now, without a checkpoint (the last one: {self.last_checkpoint}).", flush=True)
+            print(
+                f"\n{name} again: aborting now, without a checkpoint (the last one: {self.last_checkpoint}).",
+                flush=True,
+            )
             os._exit(128 + number)
         self.received = number
         tqdm.tqdm.write(
@@ -188,13 +200,17 @@ def train(
     ``policy`` is evaluated under ``eval_exploration``, ``exploration_policy`` collects. ``folder`` is
     claimed before anything is written into it (``RunFolder``).
     """
-    Training(cfg, folder, name, device, logger, eval_env, policy, exploration_policy, learn, state, eval_exploration).run()
+    Training(
+        cfg, folder, name, device, logger, eval_env, policy, exploration_policy, learn, state, eval_exploration
+    ).run()
 
 
 class Training:
     """One run of :func:`train`: its counters, its schedule and the steps of its loop."""
 
-    def __init__(self, cfg, folder, name, device, logger, eval_env, policy, exploration_policy, learn, state, eval_exploration):
+    def __init__(
+        self, cfg, folder, name, device, logger, eval_env, policy, exploration_policy, learn, state, eval_exploration
+    ):
         self.cfg, self.folder, self.name, self.device, self.logger = cfg, folder.folder, name, device, logger
         self.eval_env, self.policy, self.exploration_policy, self.learn = eval_env, policy, exploration_policy, learn
         self.eval_exploration = eval_exploration
@@ -218,20 +234,27 @@ class Training:
         path = self.cfg.checkpoint.resume
         saved = load_checkpoint(path, self.device)
         changed = compare_for_resume(saved["config"], self.config)
-        for component, value in self.state.items():
-            self.state[component].load_state_dict(saved["state"][component])
+        for component, stateful in self.state.items():
+            stateful.load_state_dict(saved["state"][component])
         has_buffer = "replay_buffer" in saved
         if has_buffer:
             self.replay_buffer.load_state_dict(saved["replay_buffer"])
         self.frames, self.updates, self.credit = saved["frames"], saved["updates"], saved["update_credit"]
-        self.next_eval, self.next_checkpoint, self.last_eval = (saved["schedule"][k] for k in ("next_eval", "next_checkpoint", "last_eval"))
+        self.next_eval, self.next_checkpoint, self.last_eval = (
+            saved["schedule"][k] for k in ("next_eval", "next_checkpoint", "last_eval")
+        )
         self.wall_offset = saved["wall_time"]
         self.results = Results(self.folder, saved["results"])
         set_rng_state(saved["rng"])
-        self.saved_at = (self.frames, self.updates) if Path(path).resolve() == (self.folder / CHECKPOINT).resolve() else None
+        self.saved_at = (
+            (self.frames, self.updates) if Path(path).resolve() == (self.folder / CHECKPOINT).resolve() else None
+        )
         lines = [f"Resumed from {path} at frame {self.frames} ({self.updates} updates)."]
         restored = "networks, target networks, optimizers, learning-rate schedule, RNG states, counters, results"
-        lines.append(f"  restored exactly: {restored}" + (f", replay buffer ({len(self.replay_buffer)} transitions)" if has_buffer else ""))
+        lines.append(
+            f"  restored exactly: {restored}"
+            + (f", replay buffer ({len(self.replay_buffer)} transitions)" if has_buffer else "")
+        )
         if not has_buffer:
             self.update_start = self.frames + self.cfg.collector.init_random_frames
             lines.append(
@@ -239,7 +262,10 @@ class Training:
                 f"{self.cfg.collector.init_random_frames} new transitions (frame {self.update_start})"
             )
         elif not self.cfg.checkpoint.save_replay_buffer:
-            lines.append("  its replay buffer was loaded; checkpoint.save_replay_buffer=false: later checkpoints will not hold it")
+            lines.append(
+                "  its replay buffer was loaded; checkpoint.save_replay_buffer=false: "
+                "later checkpoints will not hold it"
+            )
         lines.append(
             f"  new: the episodes in progress restart; environments seeded from (env.seed, frame {self.frames})"
         )
@@ -265,9 +291,17 @@ class Training:
         if self.cfg.checkpoint.save_replay_buffer:
             saved["replay_buffer"] = self.replay_buffer.state_dict()
         saved.update(
-            frames=self.frames, updates=self.updates, update_credit=self.credit, results=self.results.rows, rng=rng_state(),
+            frames=self.frames,
+            updates=self.updates,
+            update_credit=self.credit,
+            results=self.results.rows,
+            rng=rng_state(),
             wall_time=self.wall_time(),
-            schedule={"next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint, "last_eval": self.last_eval},
+            schedule={
+                "next_eval": self.next_eval,
+                "next_checkpoint": self.next_checkpoint,
+                "last_eval": self.last_eval,
+            },
         )
         with timeit("checkpoint"):
             save_checkpoint(path, saved)
@@ -312,8 +346,11 @@ class Training:
         returns = rollout["next", "reward"].sum(-2).squeeze(-1)
         edges = edge_fraction(rollout["action"].to(low.device), low, high).item()
         self.results.add(
-            frame=self.frames, wall_time=self.wall_time(), eval_return=returns.mean().item(),
-            eval_return_std=returns.std().item(), eval_edge_fraction=edges,
+            frame=self.frames,
+            wall_time=self.wall_time(),
+            eval_return=returns.mean().item(),
+            eval_return_std=returns.std().item(),
+            eval_edge_fraction=edges,
         )
         self.last_eval, self.last_eval_return = self.frames, returns.mean().item()
         tqdm.tqdm.write(
@@ -360,7 +397,9 @@ class Training:
         random_frames = max(0, self.cfg.collector.init_random_frames - self.frames)
         self.stop.ignore()  # collector processes inherit it: stopping is this process's job
         try:
-            return make_collector(self.cfg, self.exploration_policy, self.total_frames - self.frames, random_frames, seed, self.device)
+            return make_collector(
+                self.cfg, self.exploration_policy, self.total_frames - self.frames, random_frames, seed, self.device
+            )
         finally:
             self.stop.install()
 
@@ -369,12 +408,17 @@ class Training:
         self.stop.install()
         self.start = time.perf_counter()
         if self.run_folder.removed_partials:
-            print(f"Removed the partial files of an interrupted write: {[p.name for p in self.run_folder.removed_partials]}")
+            print(
+                "Removed the partial files of an interrupted write: "
+                f"{[p.name for p in self.run_folder.removed_partials]}"
+            )
         if self.cfg.checkpoint.resume:
             self.resume()
         self.eval_env.set_seed(stream_seed(self.cfg.env.seed + EVAL_SEED_OFFSET, self.frames))
         collector = None
-        pbar = tqdm.tqdm(total=self.total_frames, initial=self.frames, unit="frame", unit_scale=True, dynamic_ncols=True)
+        pbar = tqdm.tqdm(
+            total=self.total_frames, initial=self.frames, unit="frame", unit_scale=True, dynamic_ncols=True
+        )
         try:
             if not self.stop.requested and self.frames >= self.update_start:
                 self.update_phase()  # the updates a stopped run still owed
@@ -391,25 +435,38 @@ class Training:
                     pbar.update(batch.numel())
                     if not self.stop.requested:
                         self.scheduled_work()
-                    pbar.set_postfix(train_return=f"{self.last_train:.1f}", eval_return=f"{self.last_eval_return:.1f}", updates=str(self.updates))
+                    pbar.set_postfix(
+                        train_return=f"{self.last_train:.1f}",
+                        eval_return=f"{self.last_eval_return:.1f}",
+                        updates=str(self.updates),
+                    )
                     self.log(metrics)
                     if self.stop.requested:
                         break
         except BaseException:
             pbar.close()
+            self.stop.restore()
             print(
                 f"\nStopped by an error at frame {self.frames} ({self.updates} updates); no checkpoint written "
-                f"(the last one: {self.stop.last_checkpoint}).", flush=True,
+                f"(the last one: {self.stop.last_checkpoint}).",
+                flush=True,
             )
             raise
         finally:
             if collector is not None:
                 collector.shutdown()
         pbar.close()
-        path = self.checkpoint()
+        try:
+            path = self.checkpoint()
+        finally:
+            self.stop.restore()
         if self.stop.requested:
             print(f"Stopped at frame {self.frames} ({self.updates} updates); checkpoint written to {path}", flush=True)
             sys.exit(self.stop.exit_code)
         figure = self.results.plot(f"{self.name} {self.cfg.env.domain}-{self.cfg.env.task}")
         self.eval_env.close()
-        print(f"Done: {self.frames} frames, {self.updates} updates. Results: {self.folder / 'returns.csv'}, {figure}, {path}", flush=True)
+        print(
+            f"Done: {self.frames} frames, {self.updates} updates. "
+            f"Results: {self.folder / 'returns.csv'}, {figure}, {path}",
+            flush=True,
+        )

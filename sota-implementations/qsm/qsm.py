@@ -8,9 +8,17 @@ Each run writes to its results folder (printed at start): the resolved ``config.
 ``returns.csv`` (train and eval returns by frame), ``learning_curve.png``, ``checkpoint.pt`` (with
 its checksum) and the logger's files. The factories live in utils.py, the loop in loop.py.
 """
+
 from __future__ import annotations
 
+import ctypes.util
 import os
+
+if "DISPLAY" not in os.environ and "MUJOCO_GL" not in os.environ:
+    # Headless, before MuJoCo is first imported (torchrl imports it): render eval videos with EGL where its
+    # library exists; otherwise physics only (MuJoCo's default, GLFW, warns without a display and can fail).
+    os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "disable"
+
 import random
 from pathlib import Path
 
@@ -24,7 +32,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
 
 from checkpoints import RunFolder
-from config import resolve_device, validate_config  # first: it sets up headless MuJoCo
+from config import resolve_device, validate_config
 from loop import train
 from utils import (
     compile_update,
@@ -93,7 +101,16 @@ def main(cfg: DictConfig) -> None:
     eval_env = make_eval_env(cfg, logger)
     learner = make_learner(cfg, eval_env, device)
     eval_exploration = ExplorationType.DETERMINISTIC if cfg.eval.mode == "deterministic" else ExplorationType.RANDOM
-    train(cfg, folder, name="QSM", device=device, logger=logger, eval_env=eval_env, eval_exploration=eval_exploration, **learner)
+    train(
+        cfg,
+        folder,
+        name="QSM",
+        device=device,
+        logger=logger,
+        eval_env=eval_env,
+        eval_exploration=eval_exploration,
+        **learner,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Factories of the QSM training script, each taking ``cfg`` (the shape of TorchRL's sota-implementations/sac/utils.py)."""
+"""Factories of the QSM training script, each taking ``cfg``.
+
+The shape of TorchRL's sota-implementations/sac/utils.py.
+"""
+
 from __future__ import annotations
 
 import functools
@@ -34,13 +38,19 @@ from torchrl.objectives import SoftUpdate
 from torchrl.record import VideoRecorder
 from torchrl.record.loggers import CSVLogger, generate_exp_name, get_logger
 
-from config import ACTIVATIONS
 from torchrl_qsm import DiffusionActor, EpsilonNetwork, QSMLoss
+
+from config import ACTIVATIONS
 
 
 # --- environments ----------------------------------------------------------------------------------
 def make_env(
-    domain: str, task: str, frame_skip: int = 1, max_episode_steps: int = 1000, from_pixels: bool = False, seed: int | None = None
+    domain: str,
+    task: str,
+    frame_skip: int = 1,
+    max_episode_steps: int = 1000,
+    from_pixels: bool = False,
+    seed: int | None = None,
 ) -> EnvBase:
     """A DMC task with flat float32 observations, step counter, episode reward and init tracker.
 
@@ -77,7 +87,8 @@ def rendering_available(cfg: DictConfig) -> bool:
     except Exception as err:  # no GL backend: glfw without a display, no egl/osmesa
         warnings.warn(
             f"eval.video=true but MuJoCo cannot render offscreen here ({type(err).__name__}: {err}); "
-            "set MUJOCO_GL=egl (GPU) or MUJOCO_GL=osmesa (CPU) to record videos. Continuing without video."
+            "set MUJOCO_GL=egl (GPU) or MUJOCO_GL=osmesa (CPU) to record videos. Continuing without video.",
+            stacklevel=2,
         )
         return False
 
@@ -122,7 +133,9 @@ def make_qsm_agent(cfg: DictConfig, env: EnvBase, device: torch.device) -> tuple
     actor = DiffusionActor(
         action_dim, obs_dim, eps_network, d.num_steps, spec=action_spec, schedule=d.schedule, temperature=d.temperature
     ).to(device)
-    exploration = AdditiveGaussianModule(action_spec, sigma_init=d.exploration_std, sigma_end=d.exploration_std, device=device)
+    exploration = AdditiveGaussianModule(
+        action_spec, sigma_init=d.exploration_std, sigma_end=d.exploration_std, device=device
+    )
     return actor, TensorDictSequential(actor, exploration)
 
 
@@ -164,7 +177,10 @@ def adam(cfg: DictConfig, params) -> torch.optim.Adam:
     params = [p for p in params if p.requires_grad]
     device = params[0].device
     return torch.optim.Adam(
-        params, lr=torch.tensor(cfg.optim.lr, device=device), fused=cfg.optim.fused_adam or None, capturable=device.type == "cuda"
+        params,
+        lr=torch.tensor(cfg.optim.lr, device=device),
+        fused=cfg.optim.fused_adam or None,
+        capturable=device.type == "cuda",
     )
 
 
@@ -175,7 +191,9 @@ def cosine_decay(horizon: int, step: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step, horizon) / horizon))
 
 
-def make_optimizers(cfg: DictConfig, loss: QSMLoss) -> tuple[torch.optim.Adam, torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizers(
+    cfg: DictConfig, loss: QSMLoss
+) -> tuple[torch.optim.Adam, torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
     """Adam for the actor and for the critics, and the actor's cosine learning-rate decay (the authors')."""
     actor_optim = adam(cfg, loss.actor_network_params.values(True, True))
     critic_optim = adam(cfg, loss.qvalue_network_params.values(True, True))
@@ -211,7 +229,9 @@ def compile_update(
 
 
 # --- data ------------------------------------------------------------------------------------------
-def make_collector(cfg: DictConfig, policy, total_frames: int, init_random_frames: int, seed: int, device: torch.device):
+def make_collector(
+    cfg: DictConfig, policy, total_frames: int, init_random_frames: int, seed: int, device: torch.device
+):
     """One env in-process (``Collector``), or ``num_envs`` env processes (Multi{Sync,Async}Collector).
 
     Each environment is seeded before its first reset: ``seed``, then TorchRL's seed chain for the next.
@@ -255,7 +275,10 @@ def make_logger(cfg: DictConfig, folder: Path, name: str = "QSM"):
     if cfg.logger.backend == "csv":  # built directly: get_logger fixes the CSV video format to mp4
         video_format = cfg.logger.video_format
         if cfg.eval.video and video_format == "mp4" and importlib.util.find_spec("torchcodec") is None:
-            warnings.warn("mp4 videos need torchcodec (pip install 'torchcodec>=0.10.0'); saving videos as .pt tensors.")
+            warnings.warn(
+                "mp4 videos need torchcodec (pip install 'torchcodec>=0.10.0'); saving videos as .pt tensors.",
+                stacklevel=2,
+            )
             video_format = "pt"
         return CSVLogger(exp_name, log_dir=log_dir, video_format=video_format)
     kwargs = {}

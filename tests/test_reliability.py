@@ -1,0 +1,454 @@
+"""What the training script guarantees when users lean on it: signals, non-finite data, resume,
+run folders and checkpoint files (README, "Checkpoints and resume")."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torchrl.envs import Transform
+
+from _helpers import assert_results, copy_run, read_returns, ROOT, run_script, SCRIPT_DIR, script_module, TINY
+
+pytestmark = pytest.mark.slow
+SCRIPT = str(SCRIPT_DIR / "qsm.py")
+
+# The README's widths (256), on cartpole-swingup; each phase made long enough that a random moment
+# inside it is easy to hit: many updates, long evaluations, or large checkpoints.
+WIDE = [
+    "env.domain=cartpole",
+    "env.task=swingup",
+    "network.hidden_sizes=[256,256]",
+    "optim.batch_size=64",
+    "collector.total_frames=300",
+    "collector.frames_per_batch=100",
+    "collector.init_random_frames=100",
+    "logger.backend=",
+]
+PHASES = {
+    "updates": [
+        "optim.utd_ratio=1",
+        "eval.interval=300",
+        "eval.episodes=1",
+        "env.max_episode_steps=100",
+        "checkpoint.interval=300",
+        "replay_buffer.size=1000",
+    ],
+    "evaluation": [
+        "optim.utd_ratio=0.05",
+        "eval.interval=100",
+        "eval.episodes=10",
+        "env.max_episode_steps=400",
+        "checkpoint.interval=300",
+        "replay_buffer.size=1000",
+    ],
+    "checkpoint writing": [
+        "optim.utd_ratio=0.05",
+        "eval.interval=300",
+        "eval.episodes=1",
+        "env.max_episode_steps=100",
+        "checkpoint.interval=100",
+        "replay_buffer.size=1500000",
+    ],
+}
+
+
+def expected_updates(overrides: list[str]) -> int:
+    """What an uninterrupted run does: utd_ratio updates per frame of every batch from the one that
+    reaches init_random_frames on, the fractions carried over."""
+    values = dict(o.split("=", 1) for o in overrides)
+    total, batch = int(values["collector.total_frames"]), int(values["collector.frames_per_batch"])
+    credit, updates = 0.0, 0
+    for frames in range(batch, total + 1, batch):
+        if frames >= int(values["collector.init_random_frames"]):
+            credit += batch * float(values["optim.utd_ratio"])
+        updates, credit = updates + int(credit), credit - int(credit)
+    return updates
+
+
+class Reader:
+    """The merged stdout/stderr of a process, read on a thread so that the test can wait for text."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.text, self.process = "", process
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for chunk in iter(lambda: self.process.stdout.read(1), ""):
+            self.text += chunk
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while not re.search(pattern, self.text):
+            assert self.process.poll() is None or re.search(pattern, self.text), f"ended early:\n{self.text[-3000:]}"
+            assert time.time() < deadline, f"no {pattern!r} after {timeout} s:\n{self.text[-3000:]}"
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 300) -> str:
+        self.process.wait(timeout=timeout)
+        self.thread.join(timeout=10)
+        return self.text
+
+
+def start(folder: Path, *overrides: str) -> Reader:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, *overrides, f"hydra.run.dir={folder}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return Reader(process)
+
+
+# When the phase of interest begins, as the run's output shows it: after the first batch's updates
+# start (the progress bar counts them), after the first evaluation's line (the next one follows the
+# next batch), after the first batch is counted (its checkpoint is written next).
+TRIGGERS = {"updates": r"updates=[1-9]", "evaluation": r"\[eval\] frame 100", "checkpoint writing": r"100/300"}
+DELAYS = {"updates": (0.0, 1.0), "evaluation": (0.3, 0.8), "checkpoint writing": (0.0, 0.4)}
+
+
+@pytest.mark.parametrize(
+    "phase, signum",
+    [
+        ("updates", signal.SIGINT),
+        ("evaluation", signal.SIGTERM),
+        ("checkpoint writing", signal.SIGINT),
+        ("updates", signal.SIGTERM),
+    ],
+    ids=["SIGINT-updates", "SIGTERM-evaluation", "SIGINT-checkpoint", "SIGTERM-updates"],
+)
+def test_a_signal_at_a_random_moment_leaves_a_checkpoint_that_resumes_to_the_same_counts(tmp_path, phase, signum):
+    # the two signals take one path (they differ in the exit code): each phase is hit by one of them
+    # SIGINT goes to the whole process group, as a terminal's Ctrl-C does; SIGTERM to the process, as kill does
+    overrides = [*WIDE, *PHASES[phase]]
+    rng = random.Random(f"{phase}{signum}")
+    for attempt in range(4):  # a random moment may fall just outside the phase: try again
+        folder = tmp_path / f"attempt{attempt}"
+        run = start(folder, *overrides)
+        run.wait_for(TRIGGERS[phase])
+        time.sleep(rng.uniform(*DELAYS[phase]))
+        if signum == signal.SIGINT:
+            os.killpg(run.process.pid, signum)
+        else:
+            run.process.send_signal(signum)
+        output = run.finish()
+        assert run.process.returncode == 128 + signum, output[-3000:]
+        assert re.search(r"Stopped at frame \d+ \(\d+ updates\); checkpoint written to", output), output[-3000:]
+        saved = script_module("checkpoints").load_checkpoint(folder / "checkpoint.pt", torch.device("cpu"))  # verified
+        hit = re.search(rf"{signal.Signals(signum).name} received during ([a-z ]+): stopping", output)
+        if hit and hit.group(1) == phase:
+            break
+        print(f"attempt {attempt}: the signal arrived during {hit and hit.group(1)}, not {phase}")
+    else:
+        pytest.fail(f"four random moments missed the {phase} phase")
+    assert 0 < saved["frames"] <= 300
+
+    # resume in place: the same frame and update counts as a run that was never stopped
+    done = run_script(folder, *overrides, f"checkpoint.resume={folder / 'checkpoint.pt'}", tiny=False)
+    final = torch.load(folder / "checkpoint.pt", weights_only=False)
+    assert (final["frames"], final["updates"]) == (300, expected_updates(overrides)), done.stdout[-2000:]
+    assert (
+        f"Resumed from {folder / 'checkpoint.pt'} at frame {saved['frames']} ({saved['updates']} updates)"
+        in done.stdout
+    )
+
+
+def test_a_second_signal_aborts_at_once_without_a_checkpoint(tmp_path):
+    run = start(tmp_path, *WIDE, *PHASES["evaluation"])
+    run.wait_for(TRIGGERS["evaluation"])
+    time.sleep(0.5)
+    os.killpg(run.process.pid, signal.SIGINT)
+    run.wait_for("SIGINT received during")
+    os.killpg(run.process.pid, signal.SIGINT)
+    output = run.finish(timeout=30)
+    assert run.process.returncode == 130, output[-2000:]
+    assert "SIGINT again: aborting now, without a checkpoint (the last one: none)" in output
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_ctrl_c_stops_a_run_with_collector_processes_cleanly(tmp_path):
+    # the workers ignore the terminal's SIGINT: the main process stops them after its checkpoint
+    run = start(tmp_path, *TINY, "collector.num_envs=2", "collector.total_frames=100000", "eval.interval=100000")
+    run.wait_for(r"updates=[1-9]")
+    os.killpg(run.process.pid, signal.SIGINT)
+    output = run.finish(timeout=120)
+    assert run.process.returncode == 130, output[-3000:]
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert 0 < saved["frames"] < 100000 and saved["updates"] > 0
+    assert "Traceback" not in output, output[-3000:]
+
+
+# --- non-finite values -----------------------------------------------------------------------------
+def test_a_nan_reward_stops_the_run_naming_the_key_and_the_frame_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+    loop, utils = script_module("loop"), script_module("utils")
+    cfg = compose([*TINY, "checkpoint.interval=50"])
+    real_make_env = utils.make_env
+
+    def make_env(*args, **kwargs):  # an environment whose 130th reward is NaN
+        env = real_make_env(*args, **kwargs)
+        env.append_transform(NaNRewardAt(130))
+        return env
+
+    monkeypatch.setattr(utils, "make_env", make_env)
+    with pytest.raises(
+        loop.NonFiniteData, match=r"non-finite \('next', 'reward'\) \(\[nan\]\) at frame 130; it was not stored"
+    ):
+        train_in_process(cfg, tmp_path)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["frames"] == 100  # the last checkpoint before the NaN, untouched
+    assert loop.state_is_finite(saved["state"])
+
+
+def test_diverging_losses_stop_the_run_before_a_non_finite_checkpoint_is_written(tmp_path):
+    done = run_script(tmp_path, "optim.lr=1e30", "checkpoint.interval=50", check=False)
+    assert done.returncode == 1
+    assert re.search(r"NonFiniteError: QSMLoss: loss_\w+ is (nan|inf)", done.stderr), done.stderr[-3000:]
+    assert re.search(r"Stopped by an error at frame \d+ \(\d+ updates\); no checkpoint written", done.stdout)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)  # the checkpoint of frame 50, before updates
+    assert saved["frames"] == 50 and script_module("loop").state_is_finite(saved["state"])
+
+
+def test_the_loop_refuses_to_checkpoint_non_finite_weights(tmp_path):
+    loop = script_module("loop")
+    bad = {"loss": {"weight": torch.tensor([1.0, float("nan")])}, "optim": {"state": {0: {"exp_avg": torch.ones(2)}}}}
+    assert not loop.state_is_finite(bad) and loop.state_is_finite({"x": torch.ones(2), "n": 3})
+    with pytest.raises(loop.NonFiniteData, match=r"Update 3 gave non-finite losses \{'loss_actor': nan"):
+        loop.check_finite_losses([TensorDictOf(1.0), TensorDictOf(2.0), TensorDictOf(float("nan"))], first_update=0)
+
+
+# --- resume ----------------------------------------------------------------------------------------
+def test_resume_refuses_structural_changes_naming_every_field_and_prints_the_allowed_ones(tmp_path, tiny_run):
+    first = tiny_run
+    resume = f"checkpoint.resume={first / 'checkpoint.pt'}"
+    done = run_script(
+        tmp_path / "changed",
+        resume,
+        "network.hidden_sizes=[64,64]",
+        "env.task=balance",
+        "diffusion.num_steps=10",
+        "network.layer_norm=true",
+        "diffusion.schedule=cosine",
+        "replay_buffer.size=2000",
+        check=False,
+    )
+    assert done.returncode == 1
+    for field, old, new in [
+        ("network.hidden_sizes", "[32, 32]", "[64, 64]"),
+        ("env.task", "'swingup'", "'balance'"),
+        ("diffusion.num_steps", "5", "10"),
+        ("network.layer_norm", "False", "True"),
+        ("diffusion.schedule", "'vp'", "'cosine'"),
+        ("replay_buffer.size", "1000", "2000"),
+    ]:
+        assert f"{field} was {old} in the checkpoint, now {new}" in done.stderr, field
+    allowed = run_script(
+        tmp_path / "allowed", resume, "collector.total_frames=300", "diffusion.alpha=10", "optim.lr=1e-4"
+    )
+    for line in (
+        "changed: collector.total_frames: 200 -> 300",
+        "changed: diffusion.alpha: 50.0 -> 10.0",
+        "changed: optim.lr: 0.0003 -> 0.0001",
+    ):
+        assert line in allowed.stdout
+    assert torch.load(tmp_path / "allowed" / "checkpoint.pt", weights_only=False)["frames"] == 300
+
+
+def test_a_saved_replay_buffer_is_never_dropped_and_a_missing_one_is_refilled_before_updates(tmp_path, tiny_run):
+    first, again, without, refilled = tiny_run, *(tmp_path / name for name in ("again", "without", "refilled"))
+    done = run_script(
+        again,
+        f"checkpoint.resume={first / 'checkpoint.pt'}",
+        "checkpoint.save_replay_buffer=false",
+        "collector.total_frames=250",
+    )
+    assert "its replay buffer was loaded; checkpoint.save_replay_buffer=false" in done.stdout
+    assert torch.load(again / "checkpoint.pt", weights_only=False)["updates"] == 150 + 50  # updated at once
+    # a checkpoint without a buffer: the policy collects init_random_frames new transitions first
+    run_script(without, "checkpoint.save_replay_buffer=false")
+    done = run_script(refilled, f"checkpoint.resume={without / 'checkpoint.pt'}", "collector.total_frames=350")
+    assert (
+        "holds no replay buffer: updates resume once the policy has collected 100 new transitions (frame 300)"
+        in done.stdout
+    )
+    assert (
+        torch.load(refilled / "checkpoint.pt", weights_only=False)["updates"] == 150 + 100
+    )  # the batches ending at 300 and 350
+
+
+def test_runs_are_repeatable_and_a_resumed_run_does_not_replay_the_first_episodes(tmp_path, tiny_run):
+    a, b, resumed = tiny_run, tmp_path / "b", tmp_path / "resumed"
+    run_script(b)
+    returns = [[(r["frame"], r["train_return"], r["eval_return"]) for r in read_returns(folder)] for folder in (a, b)]
+    assert returns[0] == returns[1]  # the first episode's reset is seeded too
+    weights = [torch.load(f / "checkpoint.pt", weights_only=False)["state"]["loss"] for f in (a, b)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # resumed at frame 200, the episodes are new ones, not the first run's again
+    run_script(resumed, f"checkpoint.resume={a / 'checkpoint.pt'}", "collector.total_frames=400")
+    first_episodes = [r["train_return"] for r in read_returns(a) if r["train_return"]][:4]
+    after_resume = [r["train_return"] for r in read_returns(resumed) if r["train_return"] and int(r["frame"]) > 200][:4]
+    assert first_episodes != after_resume
+
+
+# --- run folders -----------------------------------------------------------------------------------
+def test_a_folder_that_holds_another_run_is_refused_unless_that_run_is_resumed(tmp_path, tiny_run):
+    folder = copy_run(tiny_run, tmp_path / "run")
+    done = run_script(folder, check=False)
+    assert done.returncode == 1
+    assert f"{folder} holds another run (checkpoint.pt, returns.csv); resume it with checkpoint.resume=" in done.stderr
+    assert read_returns(folder) == read_returns(tiny_run)  # untouched
+    run_script(folder, f"checkpoint.resume={folder / 'checkpoint.pt'}", "collector.total_frames=250")
+
+
+def test_two_runs_at_once_never_share_a_folder(tmp_path):
+    first = start(tmp_path / "shared", *TINY, "collector.total_frames=100000")
+    first.wait_for(r"updates=[1-9]")
+    done = run_script(tmp_path / "shared", check=False)
+    os.killpg(first.process.pid, signal.SIGINT)
+    first.finish()
+    assert (
+        done.returncode == 1
+        and f"{tmp_path / 'shared'} is in use by another run (pid {first.process.pid})" in done.stderr
+    )
+    # default folders: two launches in the same second get two folders
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launches = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                SCRIPT,
+                *TINY,
+                "collector.total_frames=50",
+                "collector.init_random_frames=50",
+                "collector.frames_per_batch=50",
+                "eval.interval=50",
+                "checkpoint.interval=50",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in launches]
+    assert all(p.returncode == 0 for p in launches), outputs
+    folders = {re.search(r"results in (\S+)", out).group(1) for out in outputs}
+    assert len(folders) == 2 and all((tmp_path / f / "checkpoint.pt").is_file() for f in folders)
+
+
+# --- checkpoint files ------------------------------------------------------------------------------
+def test_a_full_disk_names_the_path_removes_the_partial_file_and_keeps_the_previous_checkpoint(tmp_path):
+    checkpoints = script_module("checkpoints")
+    path = tmp_path / "checkpoint.pt"
+    checkpoints.save_checkpoint(path, {"frames": 1})
+    (tmp_path / "checkpoint.pt.tmp").symlink_to("/dev/full")  # every write to it fails with ENOSPC
+    with pytest.raises(OSError, match=rf"No space left on device while writing the checkpoint {re.escape(str(path))}"):
+        checkpoints.save_checkpoint(path, {"frames": 2, "data": torch.zeros(1000)})
+    assert not (tmp_path / "checkpoint.pt.tmp").exists() and not (tmp_path / "checkpoint.pt.sha256.tmp").exists()
+    assert torch.load(path, weights_only=False) == {"frames": 1}
+
+
+def test_damaged_foreign_or_unverifiable_files_are_refused_by_name(tmp_path, tiny_run):
+    checkpoints = script_module("checkpoints")
+    good = tiny_run / "checkpoint.pt"
+    checkpoints.load_checkpoint(good, torch.device("cpu"))
+    flipped = tmp_path / "flipped.pt"
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    flipped.write_bytes(data)
+    (tmp_path / "flipped.pt.sha256").write_text((tiny_run / "checkpoint.pt.sha256").read_text())
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    checkpoints.save_checkpoint(tmp_path / "foreign.pt", {"weights": torch.ones(2)})
+    copied = tmp_path / "copied.pt"
+    copied.write_bytes(good.read_bytes())
+    for path, message in [
+        (flipped, "does not match its checksum"),
+        (copied, "has no checksum file beside it"),
+        (tmp_path / "foreign.pt", "is not a checkpoint written by the QSM training script"),
+    ]:
+        with pytest.raises(checkpoints.CheckpointError, match=message):
+            checkpoints.load_checkpoint(path, torch.device("cpu"))
+    checkpoints.save_checkpoint(text, {})  # a checksum for a file torch cannot read
+    text.write_text("not a checkpoint")
+    (tmp_path / "notes.pt.sha256").write_text(
+        f"{__import__('hashlib').sha256(b'not a checkpoint').hexdigest()}  notes.pt\n"
+    )
+    with pytest.raises(checkpoints.CheckpointError, match="is not a checkpoint that torch can read"):
+        checkpoints.load_checkpoint(text, torch.device("cpu"))
+    done = run_script(tmp_path / "resumed", f"checkpoint.resume={flipped}", check=False)
+    assert done.returncode == 1 and "does not match its checksum" in done.stderr
+
+
+def test_partial_files_of_an_interrupted_write_are_removed_at_start(tmp_path, tiny_run):
+    folder = copy_run(tiny_run, tmp_path / "run")
+    (folder / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")
+    done = run_script(folder, f"checkpoint.resume={folder / 'checkpoint.pt'}", "collector.total_frames=250")
+    assert "Removed the partial files of an interrupted write: ['checkpoint.pt.tmp']" in done.stdout
+    assert not (folder / "checkpoint.pt.tmp").exists()
+    assert_results(folder, final_frame=250)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def compose(overrides: list[str]):
+    from test_sota_qsm import compose_config  # noqa: PLC0415
+
+    return compose_config(*overrides)
+
+
+def TensorDictOf(loss_value: float):
+    from tensordict import TensorDict
+
+    return TensorDict(loss_actor=torch.tensor(loss_value), loss_qvalue=torch.tensor(1.0))
+
+
+class NaNRewardAt(Transform):
+    """Makes the reward of the environment's ``step``-th step NaN, as a broken simulator or reward would."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step, self.steps = step, 0
+
+    def _step(self, tensordict, next_tensordict):
+        self.steps += 1
+        if self.steps == self.step:
+            next_tensordict["reward"] = torch.full_like(next_tensordict["reward"], float("nan"))
+        return next_tensordict
+
+
+def train_in_process(cfg, folder: Path) -> None:
+    """The script's main, minus Hydra: the same factories and loop."""
+    checkpoints, utils, loop = script_module("checkpoints"), script_module("utils"), script_module("loop")
+    qsm = script_module("qsm")
+    device = torch.device("cpu")
+    eval_env = utils.make_eval_env(cfg)
+    learner = qsm.make_learner(cfg, eval_env, device)
+    from torchrl.envs.utils import ExplorationType
+
+    loop.train(
+        cfg,
+        checkpoints.RunFolder(folder, None),
+        name="QSM",
+        device=device,
+        logger=None,
+        eval_env=eval_env,
+        eval_exploration=ExplorationType.RANDOM,
+        **learner,
+    )
