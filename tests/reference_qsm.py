@@ -11,6 +11,7 @@ It serves two purposes:
 It reads the weights of a ``QSMLoss`` (so both start identical) but shares no code path with it
 beyond the eps-network's forward.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,9 +23,7 @@ from torchrl_qsm import QSMLoss
 def _critic_params(params) -> list[dict[str, torch.Tensor]]:
     """Per-critic ``{name: tensor}`` for ``functional_call`` on the critic's inner module."""
     flat = params.flatten_keys(".")
-    return [
-        {key.removeprefix("module."): value[i] for key, value in flat.items()} for i in range(flat.batch_size[0])
-    ]
+    return [{key.removeprefix("module."): value[i] for key, value in flat.items()} for i in range(flat.batch_size[0])]
 
 
 class ReferenceQSM:

@@ -1,4 +1,5 @@
 """DiffusionActor: a TorchRL TensorDictModule sampling a clipped DDPM chain inside the action spec."""
+
 import copy
 import pickle
 
@@ -10,8 +11,9 @@ from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import AdditiveGaussianModule
 
-from _helpers import ACTION_DIM, box, make_actor, OBS_DIM
 from torchrl_qsm import DiffusionActor, DiffusionPolicy, DiffusionPolicyModule
+
+from _helpers import ACTION_DIM, box, make_actor, OBS_DIM
 
 
 def observations(batch):

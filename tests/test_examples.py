@@ -1,4 +1,5 @@
 """Tiny versions of the examples under examples/, run as a user runs them."""
+
 import re
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-import gridworld  # noqa: E402
+import gridworld
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +55,17 @@ def test_mixing_losses_times_the_three_recipes():
 
 def test_offline_to_online_runs_end_to_end():
     out = run_example(
-        "offline_to_online.py", "--demo-frames", "500", "--bc-updates", "10", "--online-frames", "500",
-        "--critic-warmup", "5", "--episodes", "1",
+        "offline_to_online.py",
+        "--demo-frames",
+        "500",
+        "--bc-updates",
+        "10",
+        "--online-frames",
+        "500",
+        "--critic-warmup",
+        "5",
+        "--episodes",
+        "1",
     )
     assert "after behaviour cloning" in out
     assert "naive QSM: return" in out and "guarded QSM: return" in out

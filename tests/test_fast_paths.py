@@ -1,11 +1,13 @@
 """Each speed option keeps the numbers of the plain path (tolerances stated per test)."""
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 from torchrl.objectives import SoftUpdate
 
-from _helpers import make_actor, make_batch, make_critic, script_module
 from torchrl_qsm import QSMLoss
+
+from _helpers import make_actor, make_batch, make_critic, script_module
 
 compile_update = script_module("utils").compile_update
 COMPILE_CFG = OmegaConf.create({"compile": {"mode": None, "recompute_pointwise": None}})

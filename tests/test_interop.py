@@ -1,23 +1,33 @@
 """Our actor inside TorchRL's tools, and TorchRL's actor inside our loss."""
+
 import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.data import Composite
-from torchrl.envs import CatTensors, Compose, DMControlEnv, DoubleToFloat, InitTracker, RewardSum, StepCounter, TransformedEnv
-from torchrl.modules import DiffusionActor as TorchRLDiffusionActor, SafeModule
+from torchrl.envs import (
+    CatTensors,
+    Compose,
+    DMControlEnv,
+    DoubleToFloat,
+    InitTracker,
+    RewardSum,
+    StepCounter,
+    TransformedEnv,
+)
+from torchrl.modules import DiffusionActor as TorchRLDiffusionActor
+from torchrl.modules import SafeModule
 from torchrl.objectives import DiffusionBCLoss, SoftUpdate
 
-from _helpers import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM
 from torchrl_qsm import DiffusionActor, QSMLoss
+
+from _helpers import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM
 
 
 def test_torchrl_diffusion_bc_loss_trains_our_actor():
     actor = make_actor(bound=2.0, hidden_sizes=(64, 64))
     loss = DiffusionBCLoss(actor)
-    data = TensorDict(
-        observation=torch.randn(128, OBS_DIM), action=box(bound=2.0).rand((128,)), batch_size=[128]
-    )
+    data = TensorDict(observation=torch.randn(128, OBS_DIM), action=box(bound=2.0).rand((128,)), batch_size=[128])
     optimizer = torch.optim.Adam(loss.parameters(), lr=3e-3)
     values = []
     for step in range(60):

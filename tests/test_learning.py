@@ -11,6 +11,7 @@ collapse"). The last test pins that documented collapse.
 Measured with the exact fixed point (no network), T = 5, 20k samples: quadratic critic, alpha 1:
 mean |a - a*| 0.07; alpha 2: 41% of components on the edges; alpha 5 and 50: all of them.
 """
+
 import math
 
 import pytest
@@ -19,8 +20,9 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ValueOperator
 
-from _helpers import box, DoubleWellCritic, make_actor, pin_critics, QuadraticCritic
 from torchrl_qsm import QSMLoss
+
+from _helpers import box, DoubleWellCritic, make_actor, pin_critics, QuadraticCritic
 
 pytestmark = pytest.mark.slow
 
@@ -88,9 +90,9 @@ def test_samples_cover_both_maxima_of_a_two_mode_critic():
     # Q(a) = -(a^2 - 0.25)^2 at one state: maxima at a = -0.5 and +0.5, curvature 2 there (the paper's
     # Figure 4 claim). T = 20, not 5: at T = 5, alpha 1 x curvature 2 sits at the edge of the stable
     # range, and the small errors of a trained network then tip some seeds into the edge collapse or
-    # into one mode (measured at 800 steps, lr 1e-3: 2 of 3 seeds collapsed to the edges); at T = 20 the margin is about 5x. The exact fixed point
-    # puts 33% / 32% of the samples within 0.2 of each maximum. Trained, 8 seeds: the smaller mode
-    # held 0.25-0.42 within 0.25 of its maximum.
+    # into one mode (measured at 800 steps, lr 1e-3: 2 of 3 seeds collapsed to the edges); at T = 20 the
+    # margin is about 5x. The exact fixed point puts 33% / 32% of the samples within 0.2 of each maximum.
+    # Trained, 8 seeds: the smaller mode held 0.25-0.42 within 0.25 of its maximum.
     actor = make_actor(obs_dim=2, action_dim=1, hidden_sizes=(64, 64), num_steps=20)
     critic = ValueOperator(DoubleWellCritic(m=0.5, c=1.0), in_keys=["observation", "action"])
     loss = QSMLoss(actor, critic, alpha=1.0)

@@ -1,11 +1,12 @@
 """Time features and the eps-network: shapes, options, and one set of weights for both call paths."""
+
 import pytest
 import torch
 from torch import nn
 
 from torchrl_qsm import EpsilonNetwork, FourierFeatures, Mish, SinusoidalFeatures
 
-A, O = 3, 5
+A, OBS = 3, 5
 
 
 @pytest.mark.parametrize("features", [FourierFeatures(16), SinusoidalFeatures(16)])
@@ -22,8 +23,8 @@ def test_fourier_features_are_learnable_and_sinusoidal_are_fixed():
 
 @pytest.mark.parametrize("batch", [(), (7,), (2, 3)])
 def test_eps_network_maps_the_torchrl_layout_to_an_action(batch):
-    net = EpsilonNetwork(A, O, hidden_sizes=(16, 16))
-    x = torch.cat([torch.randn(*batch, A), torch.randn(*batch, O), torch.randint(0, 5, (*batch, 1)).float()], -1)
+    net = EpsilonNetwork(A, OBS, hidden_sizes=(16, 16))
+    x = torch.cat([torch.randn(*batch, A), torch.randn(*batch, OBS), torch.randint(0, 5, (*batch, 1)).float()], -1)
     assert net(x).shape == (*batch, A)
 
 
@@ -39,8 +40,8 @@ def test_eps_network_maps_the_torchrl_layout_to_an_action(batch):
 )
 def test_chain_path_equals_the_contract_path(options):
     # denoiser(s)(x, t) must be eps_theta(cat([x, s, t])): same weights, same numbers.
-    net = EpsilonNetwork(A, O, num_steps=5, **options)
-    obs, x = torch.randn(4, O), torch.randn(4, A)
+    net = EpsilonNetwork(A, OBS, num_steps=5, **options)
+    obs, x = torch.randn(4, OBS), torch.randn(4, A)
     denoise = net.denoiser(obs)
     for t in range(5):
         full = net(torch.cat([x, obs, torch.full((4, 1), float(t))], -1))
@@ -52,8 +53,8 @@ def test_chain_path_equals_the_contract_path(options):
 def test_per_step_time_table_equals_the_contract_path_in_values_and_gradients(options, batch):
     # predict_noise(a_t, s, t) computes the time term once per step and gathers it: the numbers of
     # eps_theta(cat([a_t, s, t])) per sample, and the same gradients for every parameter.
-    net = EpsilonNetwork(A, O, num_steps=5, **options)
-    x, obs, t = torch.randn(*batch, A), torch.randn(*batch, O), torch.randint(0, 5, batch)
+    net = EpsilonNetwork(A, OBS, num_steps=5, **options)
+    x, obs, t = torch.randn(*batch, A), torch.randn(*batch, OBS), torch.randint(0, 5, batch)
     target = torch.randn(*batch, A)
     table = net.predict_noise(x, obs, t)
     full = net(torch.cat([x, obs, t.float().unsqueeze(-1)], -1))
@@ -69,11 +70,11 @@ def test_the_first_layer_is_drawn_as_one_dense_layer_over_the_concatenation():
     # the authors' eps-network has one dense layer over [a_t, s, cond]: the three projections are
     # its blocks, drawn from the same random stream, in the same order (so seeds keep their meaning)
     torch.manual_seed(3)
-    net = EpsilonNetwork(A, O, hidden_sizes=(16, 16), cond_sizes=(8, 8), time_dim=4)
+    net = EpsilonNetwork(A, OBS, hidden_sizes=(16, 16), cond_sizes=(8, 8), time_dim=4)
     torch.manual_seed(3)
     FourierFeatures(4)
     nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 8))  # the conditioning MLP
-    whole = nn.Linear(A + O + 8, 16)
+    whole = nn.Linear(A + OBS + 8, 16)
     weight = torch.cat([net.action_proj.weight, net.state_proj.weight, net.time_proj.weight], 1)
     torch.testing.assert_close(weight, whole.weight, rtol=0, atol=0)
     torch.testing.assert_close(net.state_proj.bias, whole.bias, rtol=0, atol=0)
@@ -81,34 +82,34 @@ def test_the_first_layer_is_drawn_as_one_dense_layer_over_the_concatenation():
     # re-drawn (TorchRL's reset_parameters_recursive), each block keeps the whole layer's range
     for block in (net.action_proj, net.state_proj, net.time_proj):
         block.reset_parameters()
-        assert block.weight.abs().max() <= 1 / (A + O + 8) ** 0.5
+        assert block.weight.abs().max() <= 1 / (A + OBS + 8) ** 0.5
 
 
 def test_a_network_built_for_another_number_of_steps_is_refused():
     from torchrl_qsm import DiffusionActor
 
     with pytest.raises(ValueError, match="built for num_steps=5 denoising steps but the schedule has 10"):
-        DiffusionActor(A, O, EpsilonNetwork(A, O, num_steps=5), num_steps=10)
+        DiffusionActor(A, OBS, EpsilonNetwork(A, OBS, num_steps=5), num_steps=10)
 
 
 def test_an_observation_of_the_wrong_size_or_dtype_is_named():
-    net = EpsilonNetwork(A, O)
+    net = EpsilonNetwork(A, OBS)
     with pytest.raises(ValueError, match=r"obs_dim=5, got size 6 .*CatTensors"):
-        net.denoiser(torch.randn(2, O + 1))
+        net.denoiser(torch.randn(2, OBS + 1))
     with pytest.raises(TypeError, match="torch.float64.*DoubleToFloat"):
-        net.predict_noise(torch.randn(2, A), torch.randn(2, O, dtype=torch.float64), torch.zeros(2, dtype=torch.long))
+        net.predict_noise(torch.randn(2, A), torch.randn(2, OBS, dtype=torch.float64), torch.zeros(2, dtype=torch.long))
 
 
 def test_layer_norm_and_depth_options_shape_the_network():
-    net = EpsilonNetwork(A, O, hidden_sizes=(8, 8, 8), layer_norm=True)
+    net = EpsilonNetwork(A, OBS, hidden_sizes=(8, 8, 8), layer_norm=True)
     assert sum(isinstance(m, nn.LayerNorm) for m in net.modules()) == 3
     assert sum(isinstance(m, nn.Linear) for m in net.body.modules()) == 3
 
 
 def test_wrong_input_size_names_the_layout():
-    net = EpsilonNetwork(A, O)
+    net = EpsilonNetwork(A, OBS)
     with pytest.raises(ValueError, match=r"cat\(\[noisy_action \(3\), observation \(5\), t \(1\)\]\)"):
-        net(torch.randn(2, A + O))
+        net(torch.randn(2, A + OBS))
 
 
 def test_mish_matches_torch_mish_to_float32_rounding():
@@ -124,5 +125,5 @@ def test_mish_matches_torch_mish_to_float32_rounding():
 
 
 def test_eps_network_uses_mish_by_default():
-    net = EpsilonNetwork(A, O)
+    net = EpsilonNetwork(A, OBS)
     assert isinstance(net.input_activation[-1], Mish)

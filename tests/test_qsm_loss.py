@@ -1,4 +1,5 @@
 """QSMLoss: the TorchRL loss contract (TD3's test checklist) and the paper's two regressions."""
+
 import re
 
 import pytest
@@ -12,9 +13,10 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate, ValueEstimators
 
-from _helpers import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM, pin_critics
 from torchrl_qsm import QSMLoss
 from torchrl_qsm.objectives.qsm import NonFiniteError
+
+from _helpers import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM, pin_critics
 
 
 def make_loss(**kwargs):
@@ -41,7 +43,9 @@ def test_actor_loss_regresses_eps_on_minus_alpha_mean_critic_gradient_at_the_noi
     per_critic = []
     for params in loss.qvalue_network_params.detach().unbind(0):
         with params.to_module(loss.qvalue_network):
-            per_critic.append(loss.qvalue_network(TensorDict(observation=data["observation"], action=noised))["state_action_value"])
+            per_critic.append(
+                loss.qvalue_network(TensorDict(observation=data["observation"], action=noised))["state_action_value"]
+            )
     (g,) = torch.autograd.grad(torch.stack(per_critic).mean(0).sum(), noised)
     eps_pred = module.score_network(torch.cat([noised, data["observation"], t.float().unsqueeze(-1)], -1))
     expected = (eps_pred - (-3.0 * g)).pow(2).mean()
@@ -61,7 +65,11 @@ def test_qvalue_loss_regresses_both_critics_on_the_min_target_at_a_fresh_chain_s
     q_next, q_now = [], []
     for online, target in zip(loss.qvalue_network_params.unbind(0), loss.target_qvalue_network_params.unbind(0)):
         with target.to_module(loss.qvalue_network):
-            q_next.append(loss.qvalue_network(TensorDict(observation=data["next", "observation"], action=next_action))["state_action_value"])
+            q_next.append(
+                loss.qvalue_network(TensorDict(observation=data["next", "observation"], action=next_action))[
+                    "state_action_value"
+                ]
+            )
         with online.to_module(loss.qvalue_network):
             q_now.append(loss.qvalue_network(data.select("observation", "action").clone())["state_action_value"])
     y = data["next", "reward"] + 0.9 * (~data["next", "terminated"]) * torch.stack(q_next).min(0).values
@@ -342,7 +350,9 @@ def test_action_size_disagreements_are_refused():
     with pytest.raises(ValueError, match="has 4 dims but the action bounds have 3"):
         make_loss()(make_batch(action_dim=4))
     # on the first call, one transition through the critic names a critic built for other sizes
-    with pytest.raises(ValueError, match=r"the critic fails on one transition .*'action': \(3,\).* an action of 3 dims.*mat1 and mat2"):
+    with pytest.raises(
+        ValueError, match=r"the critic fails on one transition .*'action': \(3,\).* an action of 3 dims.*mat1 and mat2"
+    ):
         make_loss(critic=make_critic(action_dim=4))(make_batch())
 
 
@@ -351,7 +361,9 @@ def test_observations_of_the_wrong_size_or_dtype_are_named_with_the_fix():
         make_loss().actor_loss(make_batch(obs_dim=6))
     data = make_batch()
     data["observation"] = data["observation"].double()
-    with pytest.raises(TypeError, match="'observation' is torch.float64 but the networks' parameters are torch.float32.*DoubleToFloat"):
+    with pytest.raises(
+        TypeError, match="'observation' is torch.float64 but the networks' parameters are torch.float32.*DoubleToFloat"
+    ):
         make_loss()(data)
 
 
@@ -383,7 +395,12 @@ def test_exceptions_pass_through_the_loss_unchanged(error, which):
 
 @pytest.mark.parametrize(
     "key, value",
-    [(("next", "reward"), float("nan")), ("observation", float("inf")), ("action", float("nan")), (("next", "observation"), -float("inf"))],
+    [
+        (("next", "reward"), float("nan")),
+        ("observation", float("inf")),
+        ("action", float("nan")),
+        (("next", "observation"), -float("inf")),
+    ],
 )
 def test_a_non_finite_input_is_named_before_any_weight_is_touched(key, value):
     loss = make_loss()
@@ -397,7 +414,9 @@ def test_a_non_finite_weight_is_named_through_the_loss_it_breaks():
     loss = make_loss()
     with torch.no_grad():
         loss.target_qvalue_network_params["module", "0", "weight"][0, 0, 0] = float("nan")
-    with pytest.raises(NonFiniteError, match=r"loss_qvalue is nan because target_qvalue_network_params\[\('module', '0', 'weight'\)\]"):
+    with pytest.raises(
+        NonFiniteError, match=r"loss_qvalue is nan because target_qvalue_network_params\[\('module', '0', 'weight'\)\]"
+    ):
         loss(make_batch())
 
 
@@ -442,7 +461,11 @@ def test_unbounded_spec_and_missing_bounds_are_refused():
 
 def test_actor_without_the_diffusion_contract_is_refused():
     plain = TensorDictModule(nn.Linear(OBS_DIM, ACTION_DIM), in_keys=["observation"], out_keys=["action"])
-    with pytest.raises(TypeError, match=r"Linear is not a diffusion policy: it lacks \['num_steps', 'alphas_cumprod', 'add_noise', 'score_network'\]"):
+    with pytest.raises(
+        TypeError,
+        match=r"Linear is not a diffusion policy: it lacks "
+        r"\['num_steps', 'alphas_cumprod', 'add_noise', 'score_network'\]",
+    ):
         QSMLoss(plain, make_critic(), bounds=(-1, 1))
 
 
@@ -477,7 +500,9 @@ def test_data_score_target_is_the_noise_tilted_by_the_critic_and_reduces_to_diff
     module = actor.module
     alpha_bar = module.alphas_cumprod[t].unsqueeze(-1)
     noised = (alpha_bar.sqrt() * data["action"] + (1 - alpha_bar).sqrt() * eps).requires_grad_()
-    (g,) = torch.autograd.grad(critic(data.select("observation").set("action", noised))["state_action_value"].sum(), noised)
+    (g,) = torch.autograd.grad(
+        critic(data.select("observation").set("action", noised))["state_action_value"].sum(), noised
+    )
     sigma = (1 - alpha_bar).sqrt()
     eps_pred = module.score_network(torch.cat([noised.detach(), data["observation"], t.float().unsqueeze(-1)], -1))
     torch.testing.assert_close(actual, (eps_pred - (eps - sigma * 2.0 * g)).pow(2).mean())

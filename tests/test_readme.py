@@ -1,4 +1,5 @@
 """The README's example runs as written, and CI runs the README's test command."""
+
 import os
 import re
 import subprocess
@@ -21,7 +22,11 @@ def test_the_hand_written_loop_runs_as_written(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(example)
     done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     assert done.returncode == 0, done.stderr[-4000:]

@@ -3,12 +3,14 @@
 Same weights, batch and seed: the losses and every gradient must agree to float32 rounding
 (rtol 1e-4, atol 1e-5: the two compute the same sums in different orders).
 """
+
 import pytest
 import torch
 
+from torchrl_qsm import QSMLoss
+
 from _helpers import make_actor, make_batch, make_critic
 from reference_qsm import ReferenceQSM
-from torchrl_qsm import QSMLoss
 
 
 def trainable(loss):
@@ -30,7 +32,9 @@ def test_fast_update_matches_the_reference_losses_and_gradients(bound, deactivat
     torch.manual_seed(123)
     out = loss(batch.clone())
     fast = {"actor": out["loss_actor"], "qvalue": out["loss_qvalue"]}
-    fast_grads = {k: g for k, g in zip(params, torch.autograd.grad(fast["actor"] + fast["qvalue"], list(params.values())))}
+    fast_grads = {
+        k: g for k, g in zip(params, torch.autograd.grad(fast["actor"] + fast["qvalue"], list(params.values())))
+    }
 
     torch.manual_seed(123)
     actor_ref, qvalue_ref = ReferenceQSM(loss, gamma=0.97).losses(batch.clone())

@@ -1,4 +1,5 @@
 """The DDPM reverse chain: with the exact eps of a known distribution it must return that distribution."""
+
 import pytest
 import torch
 

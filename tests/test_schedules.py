@@ -1,4 +1,5 @@
 """Noise schedules: the authors' vp formula, and the invariants of every schedule."""
+
 import math
 
 import pytest

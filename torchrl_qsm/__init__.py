@@ -1,4 +1,5 @@
 """Q-score matching (QSM) for TorchRL: a diffusion-model policy trained by matching grad_a Q."""
+
 from torchrl_qsm.contract import DiffusionPolicyModule
 from torchrl_qsm.diagnostics import edge_fraction
 from torchrl_qsm.diffusion import (

@@ -7,6 +7,7 @@ offers a smaller contract (``num_steps``, ``alphas_cumprod``, ``add_noise(action
 ``score_network(cat([x_t, obs, t]))``, its chain in action coordinates), which
 :func:`diffusion_policy` completes.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -125,7 +126,5 @@ def bounded_action_spec(spec: TensorSpec | None, action_key: NestedKey, action_d
     if not (torch.isfinite(low).all() and torch.isfinite(high).all()) or (low >= high).any():
         raise ValueError(f"The action spec's bounds must be finite with low < high, got [{low}, {high}].")
     if spec.shape[-1] != action_dim:
-        raise ValueError(
-            f"action_dim={action_dim} disagrees with the action spec, whose last dim is {spec.shape[-1]}."
-        )
+        raise ValueError(f"action_dim={action_dim} disagrees with the action spec, whose last dim is {spec.shape[-1]}.")
     return spec

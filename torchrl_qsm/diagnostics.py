@@ -1,12 +1,11 @@
 """Diagnostics of sampled actions."""
+
 from __future__ import annotations
 
 import torch
 
 
-def edge_fraction(
-    action: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tol: float = 1e-3
-) -> torch.Tensor:
+def edge_fraction(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
     """The share of action components that sit on an edge of the box ``[low, high]``.
 
     A component counts as on the edge when it lies within ``tol`` half-widths of ``low`` or

@@ -1,4 +1,5 @@
 """Pure tensor code of a DDPM policy: schedules, time features, the eps-network, the sampler."""
+
 from torchrl_qsm.diffusion.activations import Mish
 from torchrl_qsm.diffusion.embeddings import FourierFeatures, SinusoidalFeatures
 from torchrl_qsm.diffusion.networks import EpsilonNetwork, StepConditionedNetwork

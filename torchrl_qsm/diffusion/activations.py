@@ -12,6 +12,7 @@ costs about as much as the matmuls; elsewhere (GPUs, where the six ops are six k
 small CPU tensors, where one call beats six) torch's kernel is used. The measurements are in
 ``benchmarks/README.md``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Features of the denoising step index ``t`` fed to the eps-network."""
+
 from __future__ import annotations
 
 import math

@@ -11,6 +11,7 @@ and time terms are computed once instead of at every step and sample. Any other 
 maps ``cat([x_t, observation, t])`` to ``eps`` (the ``score_network`` contract of TorchRL's
 ``DiffusionActor``) gets the same interface from :func:`step_conditioned`.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,11 +19,11 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from torchrl_qsm.diffusion.activations import Mish
 from torchrl_qsm.diffusion.embeddings import make_time_embedding, TimeEmbeddingName
+from torchrl_qsm.diffusion.schedules import check_num_steps
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -160,11 +161,9 @@ class EpsilonNetwork(nn.Module):
         super().__init__()
         if not hidden_sizes or not cond_sizes:
             raise ValueError("hidden_sizes and cond_sizes need at least one entry each.")
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps (T) must be an integer >= 1, got {num_steps!r}.")
         self.action_dim = action_dim
         self.obs_dim = obs_dim
-        self.num_steps = num_steps
+        self.num_steps = check_num_steps(num_steps)
         self.time_embedding = make_time_embedding(time_embedding, time_dim)
         cond_dim = cond_sizes[-1]
         self.cond_mlp = mlp(time_dim, cond_dim, cond_sizes[:-1], activation)
@@ -207,7 +206,9 @@ class EpsilonNetwork(nn.Module):
                 f"({self.obs_dim}), t (1)]) of size {expected} in its last dim, got {x.shape[-1]}."
             )
         x_t, observation, t = x.split([self.action_dim, obs_dim, 1], dim=-1)
-        hidden = self.action_proj(x_t) + self.state_proj(observation) + self.time_proj(self.time_condition(t.squeeze(-1)))
+        hidden = (
+            self.action_proj(x_t) + self.state_proj(observation) + self.time_proj(self.time_condition(t.squeeze(-1)))
+        )
         return self.body(self.input_activation(hidden))
 
     def _time_table(self, like: torch.Tensor) -> torch.Tensor:

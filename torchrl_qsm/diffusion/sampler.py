@@ -1,4 +1,5 @@
 """The DDPM reverse chain (ancestral sampling) of the QSM authors' code."""
+
 from __future__ import annotations
 
 import math

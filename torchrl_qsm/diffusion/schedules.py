@@ -8,6 +8,7 @@ A schedule with ``T`` denoising steps is a sequence of variances ``beta_t``, ``t
   ``a_t = sqrt(alpha_bar_t) a_0 + sqrt(1 - alpha_bar_t) eps`` with ``eps ~ N(0, I)``;
 - ``sigma_t = sqrt(1 - alpha_bar_t)``: the standard deviation of the noise in ``a_t``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -18,6 +19,13 @@ import torch
 from torch import nn
 
 ScheduleName = Literal["vp", "cosine", "linear"]
+
+
+def check_num_steps(num_steps: object) -> int:
+    """``T``, the number of denoising steps, checked: an integer >= 1."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps (T) must be an integer >= 1, got {num_steps!r}.")
+    return num_steps
 
 
 def vp_betas(num_steps: int, beta_min: float = 0.1, beta_max: float = 10.0) -> torch.Tensor:
@@ -86,8 +94,7 @@ class NoiseSchedule(nn.Module):
 
     def __init__(self, num_steps: int, kind: ScheduleName = "vp", **options: float) -> None:
         super().__init__()
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps (T) must be an integer >= 1, got {num_steps!r}.")
+        check_num_steps(num_steps)
         if kind not in _BETAS:
             raise ValueError(f"Unknown noise schedule {kind!r}; expected one of {get_args(ScheduleName)}.")
         accepted = inspect.signature(_BETAS[kind]).parameters
@@ -102,26 +109,39 @@ class NoiseSchedule(nn.Module):
         alphas = 1 - betas
         alphas_cumprod = torch.cumprod(alphas, 0)
         sigmas = (1 - alphas_cumprod).sqrt()
-        for name, value in {"betas": betas, "alphas": alphas, "alphas_cumprod": alphas_cumprod, "sigmas": sigmas}.items():
+        for name, value in {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": alphas_cumprod,
+            "sigmas": sigmas,
+        }.items():
             self.register_buffer(name, value.to(torch.float32))
         noise = betas.sqrt()
         noise[0] = 0.0
         self.step_coefficients: list[tuple[float, float, float]] = [
-            (a, b, c) for a, b, c in zip(alphas.rsqrt().tolist(), (betas / (alphas.sqrt() * sigmas)).tolist(), noise.tolist())
+            (a, b, c)
+            for a, b, c in zip(alphas.rsqrt().tolist(), (betas / (alphas.sqrt() * sigmas)).tolist(), noise.tolist())
         ]
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # The chain's step coefficients are fixed at construction: loading another schedule's buffers
         # would make the training noise and the sampler disagree, so a different schedule is refused.
         loaded = state_dict.get(prefix + "betas")
-        if loaded is not None and (loaded.shape != self.betas.shape or not torch.allclose(loaded.to(self.betas), self.betas)):
+        if loaded is not None and (
+            loaded.shape != self.betas.shape or not torch.allclose(loaded.to(self.betas), self.betas)
+        ):
             error_msgs.append(
-                f"{prefix}betas: the saved noise schedule ({loaded.numel()} steps, betas {loaded.tolist()}) is not this "
+                f"{prefix}betas: the saved noise schedule ({loaded.numel()} steps, betas {loaded.tolist()}) "
+                "is not this "
                 f"module's ({self.kind!r}, T={self.num_steps}, betas {self.betas.tolist()}); build the actor with the "
                 "saved schedule and number of steps."
             )
             return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def _apply(self, fn, recurse=True):
         # Keep the schedule in float32 whatever dtype the module is cast to (the products of T

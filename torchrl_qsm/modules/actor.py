@@ -1,4 +1,5 @@
 """``DiffusionActor``: a DDPM policy as a TorchRL ``TensorDictModule``."""
+
 from __future__ import annotations
 
 import math
@@ -54,7 +55,9 @@ class DiffusionPolicy(nn.Module):
     ) -> None:
         super().__init__()
         if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature (the scale of the chain's injected noise) must be finite and >= 0, got {temperature}.")
+            raise ValueError(
+                f"temperature (the scale of the chain's injected noise) must be finite and >= 0, got {temperature}."
+            )
         step_conditioned(score_network, schedule.num_steps)  # refuses a network built for another T
         self.score_network = score_network
         self.action_dim = action_dim
@@ -147,7 +150,9 @@ class DiffusionPolicy(nn.Module):
         with torch.no_grad():
             x_T, noise = self._latents(observation)
             states: list[torch.Tensor] = []
-            x = ddpm_sample(self.denoiser(observation), x_T, noise, self.schedule, chain=states, **self._sampler_options)
+            x = ddpm_sample(
+                self.denoiser(observation), x_T, noise, self.schedule, chain=states, **self._sampler_options
+            )
         return self.denormalize(x), torch.stack([x_T, *states])
 
     def chain_log_prob(self, observation: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
@@ -156,7 +161,9 @@ class DiffusionPolicy(nn.Module):
         Differentiable in the eps-network's parameters; see
         :func:`~torchrl_qsm.diffusion.sampler.chain_log_prob` for what it leaves out (the noise-free last step).
         """
-        return chain_log_prob(self.denoiser(observation), chain[0], list(chain[1:]), self.schedule, **self._sampler_options)
+        return chain_log_prob(
+            self.denoiser(observation), chain[0], list(chain[1:]), self.schedule, **self._sampler_options
+        )
 
     def extra_repr(self) -> str:
         return f"action_dim={self.action_dim}, clip_sample={self.clip_sample}, temperature={self.temperature}"
@@ -253,7 +260,9 @@ class DiffusionActor(SafeModule):
                 f"DiffusionActor reads one observation and writes one action, got in_keys={in_keys}, "
                 f"out_keys={out_keys}; concatenate observations first (CatTensors)."
             )
-        betas = {name: value for name, value in (("beta_start", beta_start), ("beta_end", beta_end)) if value is not None}
+        betas = {
+            name: value for name, value in (("beta_start", beta_start), ("beta_end", beta_end)) if value is not None
+        }
         if betas and schedule not in (None, "linear"):
             raise ValueError(f"{' and '.join(betas)} set the linear schedule; schedule={schedule!r} takes none.")
         schedule = schedule or ("linear" if betas else "vp")
@@ -269,4 +278,6 @@ class DiffusionActor(SafeModule):
             clip_sample=clip_sample,
             temperature=temperature,
         )
-        super().__init__(policy, in_keys=in_keys, out_keys=out_keys, spec=Composite({out_keys[0]: action_spec}), **kwargs)
+        super().__init__(
+            policy, in_keys=in_keys, out_keys=out_keys, spec=Composite({out_keys[0]: action_spec}), **kwargs
+        )

@@ -1,4 +1,5 @@
 """``QSMLoss``: Q-score matching (Psenka et al., ICML 2024) as a TorchRL ``LossModule``."""
+
 from __future__ import annotations
 
 import math
@@ -10,7 +11,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import dispatch, TensorDictModule
 from tensordict.utils import NestedKey
-from torchrl.data import Composite, TensorSpec
+from torchrl.data import Bounded, Composite, TensorSpec
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives.common import LossModule
 from torchrl.objectives.utils import (
@@ -219,9 +220,7 @@ class QSMLoss(LossModule):
         self._inputs_checked: set[str] = set()
 
         self.convert_to_functional(actor_network, "actor_network")
-        self.convert_to_functional(
-            qvalue_network, "qvalue_network", num_qvalue_nets, create_target_params=delay_qvalue
-        )
+        self.convert_to_functional(qvalue_network, "qvalue_network", num_qvalue_nets, create_target_params=delay_qvalue)
         device = next(self.parameters()).device
         self.register_buffer("min_action", low.to(device))
         self.register_buffer("max_action", high.to(device))
@@ -319,8 +318,12 @@ class QSMLoss(LossModule):
         with torch.no_grad(), _swapped_in(self.actor_network_params, self.actor_network):
             policy = diffusion_policy(self.actor_network.module)
             self._probe(
-                "the actor's eps-network", role, transition.select(*self.actor_network.in_keys),
-                lambda obs: policy.predict_noise(action, obs.get(self.actor_network.in_keys[0]), action.new_zeros(1, dtype=torch.long)),
+                "the actor's eps-network",
+                role,
+                transition.select(*self.actor_network.in_keys),
+                lambda obs: policy.predict_noise(
+                    action, obs.get(self.actor_network.in_keys[0]), action.new_zeros(1, dtype=torch.long)
+                ),
             )
         critic_input = transition.select(*self.qvalue_network.in_keys, strict=False).clone()
         with torch.no_grad(), _swapped_in(self.qvalue_network_params[0], self.qvalue_network):
@@ -379,7 +382,8 @@ class QSMLoss(LossModule):
                 if value.is_floating_point() and not torch.isfinite(value).all():
                     raise NonFiniteError(
                         f"QSMLoss: {name} is {loss.flatten()[0].item()} because {param_set}[{key!r}] is not finite: "
-                        "an earlier optimizer step diverged (lower the learning rate, or look for a non-finite loss before it)."
+                        "an earlier optimizer step diverged (lower the learning rate, or look for a non-finite "
+                        "loss before it)."
                     )
         raise NonFiniteError(
             f"QSMLoss: {name} is {loss.flatten()[0].item()} with finite inputs and parameters: it overflowed "
@@ -424,13 +428,19 @@ class QSMLoss(LossModule):
             "eps_pred_mean": eps_pred.mean(),
             "eps_pred_std": eps_pred.std(),
         }
-        self._clear_weakrefs(tensordict, "actor_network_params", "qvalue_network_params", "target_qvalue_network_params")
+        self._clear_weakrefs(
+            tensordict, "actor_network_params", "qvalue_network_params", "target_qvalue_network_params"
+        )
         return loss, metrics
 
     def _next_action(self, next_tensordict: TensorDictBase) -> torch.Tensor:
         """``a'``: a chain sample of the current actor (RANDOM mode) + clipped smoothing noise."""
         actor = self.actor_network
-        with torch.no_grad(), set_exploration_type(ExplorationType.RANDOM), _swapped_in(self.actor_network_params, actor):
+        with (
+            torch.no_grad(),
+            set_exploration_type(ExplorationType.RANDOM),
+            _swapped_in(self.actor_network_params, actor),
+        ):
             action = actor(next_tensordict.select(*actor.in_keys)).get(actor.out_keys[0])
             noise = torch.randn_like(action) * self.policy_noise
             if self.noise_clip is not None:
@@ -451,16 +461,22 @@ class QSMLoss(LossModule):
         next_tensordict = tensordict.get("next")
         next_action = self._next_action(next_tensordict)
         with torch.no_grad():
-            next_q = self._critics(
-                next_tensordict.clone(False).set(keys.action, next_action), self.target_qvalue_network_params
-            ).min(0).values
+            next_q = (
+                self._critics(
+                    next_tensordict.clone(False).set(keys.action, next_action), self.target_qvalue_network_params
+                )
+                .min(0)
+                .values
+            )
             tensordict.set(("next", keys.state_action_value), next_q)
             target = self.value_estimator.value_estimate(tensordict)
         q = self._critics(tensordict, self.qvalue_network_params)
         loss = distance_loss(q, target.expand_as(q), loss_function=self.loss_function).sum(0).squeeze(-1)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
         if self._finite_checks_on(tensordict):
-            self._check_loss(loss, "loss_qvalue", ("qvalue_network_params", "target_qvalue_network_params", "actor_network_params"))
+            self._check_loss(
+                loss, "loss_qvalue", ("qvalue_network_params", "target_qvalue_network_params", "actor_network_params")
+            )
         metrics = {
             "td_error": (q.detach() - target).abs().max(0).values.squeeze(-1),
             "pred_value": q.detach().mean(),
@@ -468,7 +484,9 @@ class QSMLoss(LossModule):
             "next_state_value": next_q.mean(),
             "next_action_edge_fraction": edge_fraction(next_action, self.min_action, self.max_action),
         }
-        self._clear_weakrefs(tensordict, "actor_network_params", "qvalue_network_params", "target_qvalue_network_params")
+        self._clear_weakrefs(
+            tensordict, "actor_network_params", "qvalue_network_params", "target_qvalue_network_params"
+        )
         return loss, metrics
 
     @dispatch
@@ -559,21 +577,20 @@ def _diffusion_module(actor_network: TensorDictModule) -> DiffusionPolicyModule:
 
 
 def _action_bounds(actor_network, module, action_spec, bounds) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(low, high)`` from ``action_spec`` xor ``bounds``, else from the actor's spec."""
+    """``(low, high)`` from ``action_spec`` xor ``bounds``, else from the actor's spec (checked by
+    :func:`~torchrl_qsm.contract.bounded_action_spec`)."""
     if action_spec is not None and bounds is not None:
         raise ValueError("Pass action_spec or bounds to QSMLoss, not both.")
-    action_dim = getattr(module, "action_dim", None)
     action_key = actor_network.out_keys[0]
-    if bounds is not None:
-        low, high = (torch.as_tensor(b, dtype=torch.float32) for b in bounds)
-        if action_dim is not None:
-            low, high = low.expand(action_dim), high.expand(action_dim)
-        if not (torch.isfinite(low).all() and torch.isfinite(high).all()) or (low >= high).any():
-            raise ValueError(f"The action bounds must be finite with low < high, got [{low}, {high}].")
-        return low.clone(), high.clone()
     spec = action_spec if action_spec is not None else getattr(actor_network, "spec", None)
     if isinstance(spec, Composite) and spec.get(action_key, None) is None:
         spec = None  # e.g. TorchRL's DiffusionActor built without a spec: Composite(action=None)
+    action_dim = getattr(module, "action_dim", None)
+    if bounds is not None:
+        low, high = (torch.as_tensor(b, dtype=torch.float32) for b in bounds)
+        if action_dim is None:  # scalar bounds give a one-dim box
+            action_dim = torch.broadcast_shapes(low.shape, high.shape, (1,))[-1]
+        spec = Bounded(low.expand(action_dim), high.expand(action_dim), (action_dim,))
     if spec is None:
         raise ValueError(
             "QSMLoss needs the action bounds: pass action_spec= or bounds=, or give the actor a bounded spec."
