@@ -11,6 +11,7 @@ alpha (lower alpha, higher entropy).
 
     python examples/gridworld.py --out docs/gridworld.png
 """
+
 from __future__ import annotations
 
 import argparse

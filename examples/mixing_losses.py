@@ -14,6 +14,7 @@
 
 Prints ms per update (median over rounds, round-robin in one process) and the ratio to QSM.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,10 +87,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     data = [batch() for _ in range(args.updates)]
-    print(f"widths {args.width}, batch {BATCH}, {torch.get_num_threads()} threads; ms per update (median of {args.rounds} rounds)")
+    print(
+        f"widths {args.width}, batch {BATCH}, {torch.get_num_threads()} threads; "
+        f"ms per update (median of {args.rounds} rounds)"
+    )
     print(f"{'T':>3} {'recipe':<14}{'ms/update':>10}{'x QSM':>8}")
     for num_steps in args.num_steps:
-        updates = {name: make_update(name, num_steps, args.width, args.bc_weight) for name in ("qsm", "diffusion-ql", "qsm+bc")}
+        updates = {
+            name: make_update(name, num_steps, args.width, args.bc_weight) for name in ("qsm", "diffusion-ql", "qsm+bc")
+        }
         times = {name: [] for name in updates}
         for _ in range(args.rounds):
             for name, update in updates.items():

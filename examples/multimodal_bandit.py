@@ -14,6 +14,7 @@ pick a side or sit between. The QSM agent uses the normalised target (``normaliz
 with alpha 50 would drive the chain to the edges of the box. T = 20: with 5 steps the trained chain
 sits at the edge of its stable range on this reward (tests/test_learning.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ def sac_agent():
     net = nn.Sequential(MLP(1, 2, num_cells=[64, 64]), NormalParamExtractor())
     actor = ProbabilisticActor(
         TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
-        spec=SPEC, in_keys=["loc", "scale"], distribution_class=TanhNormal,
-        distribution_kwargs={"low": -1.0, "high": 1.0}, default_interaction_type=InteractionType.RANDOM,
+        spec=SPEC,
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": -1.0, "high": 1.0},
+        default_interaction_type=InteractionType.RANDOM,
     )
     return actor, SACLoss(actor, critic(), num_qvalue_nets=2)
 

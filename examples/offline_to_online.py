@@ -21,6 +21,7 @@ each fine-tuned policy, plus each policy's share of action components on the box
     python examples/offline_to_online.py                         # ~20 min on a 2-core CPU
     python examples/offline_to_online.py --demo-frames 2000 --bc-updates 200 --online-frames 2000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,16 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModuleBase, TensorDictSequential
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
-from torchrl.envs import CatTensors, Compose, DMControlEnv, DoubleToFloat, InitTracker, RewardSum, StepCounter, TransformedEnv
+from torchrl.envs import (
+    CatTensors,
+    Compose,
+    DMControlEnv,
+    DoubleToFloat,
+    InitTracker,
+    RewardSum,
+    StepCounter,
+    TransformedEnv,
+)
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import AdditiveGaussianModule, MLP, ValueOperator
 from torchrl.objectives import DiffusionBCLoss, SoftUpdate
@@ -40,10 +50,16 @@ from torchrl_qsm import DiffusionActor, edge_fraction, QSMLoss
 
 def make_env(seed: int = 0):
     env = DMControlEnv("cartpole", "balance")
-    env = TransformedEnv(env, Compose(
-        CatTensors(in_keys=["position", "velocity"], out_key="observation"),
-        DoubleToFloat(), InitTracker(), StepCounter(), RewardSum(),
-    ))
+    env = TransformedEnv(
+        env,
+        Compose(
+            CatTensors(in_keys=["position", "velocity"], out_key="observation"),
+            DoubleToFloat(),
+            InitTracker(),
+            StepCounter(),
+            RewardSum(),
+        ),
+    )
     env.set_seed(seed)
     return env
 
@@ -85,8 +101,11 @@ def fine_tune(actor, demos: TensorDict, args, *, guarded: bool, spec) -> float:
     obs_dim = demos["observation"].shape[-1]
     critic = ValueOperator(MLP(obs_dim + 1, 1, num_cells=[256, 256]), in_keys=["observation", "action"])
     loss = QSMLoss(
-        actor, critic, alpha=args.guard_alpha if guarded else 50.0,
-        normalize_grad=guarded and args.guard_normalize, data_score=guarded,
+        actor,
+        critic,
+        alpha=args.guard_alpha if guarded else 50.0,
+        normalize_grad=guarded and args.guard_normalize,
+        data_score=guarded,
     )
     loss.make_value_estimator(gamma=0.99)
     updater = SoftUpdate(loss, tau=0.005)
@@ -133,8 +152,12 @@ def main() -> None:
     parser.add_argument("--critic-warmup", type=int, default=2_000)
     parser.add_argument("--variants", nargs="+", default=["naive", "guarded"], choices=["naive", "guarded"])
     parser.add_argument("--guard-alpha", type=float, default=1.0, help="alpha of the guarded variant")
-    parser.add_argument("--guard-normalize", action=argparse.BooleanOptionalAction, default=False,
-                        help="divide grad_a Q by its batch mean magnitude in the guarded variant")
+    parser.add_argument(
+        "--guard-normalize",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="divide grad_a Q by its batch mean magnitude in the guarded variant",
+    )
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -144,7 +167,9 @@ def main() -> None:
     spec = env.action_spec
     obs_dim = env.observation_spec["observation"].shape[-1]
     controller = ScriptedController(args.demo_noise)
-    demos = Collector(make_env(args.seed + 2), controller, frames_per_batch=args.demo_frames, total_frames=args.demo_frames)
+    demos = Collector(
+        make_env(args.seed + 2), controller, frames_per_batch=args.demo_frames, total_frames=args.demo_frames
+    )
     demos = next(iter(demos)).reshape(-1)
     print(f"scripted controller (noise {args.demo_noise}): return {evaluate(env, controller, args.episodes)[0]:.1f}")
 
@@ -165,8 +190,10 @@ def main() -> None:
         actor.load_state_dict(pretrained)
         grad_scale = fine_tune(actor, demos, args, guarded=guarded, spec=spec)
         score, edges = evaluate(env, actor, args.episodes)
-        print(f"after {args.online_frames} online frames, {name} QSM: return {score:.1f}, edge fraction {edges:.2f}, "
-              f"mean |grad_a Q| {grad_scale:.3g}")
+        print(
+            f"after {args.online_frames} online frames, {name} QSM: return {score:.1f}, edge fraction {edges:.2f}, "
+            f"mean |grad_a Q| {grad_scale:.3g}"
+        )
 
 
 if __name__ == "__main__":
