@@ -312,7 +312,6 @@ class Training:
 
     # --- the steps of the loop -------------------------------------------------------------------
     def store(self, batch: TensorDictBase) -> None:
-        self.stop.phase = "collection"
         check_finite_batch(batch, self.frames)
         with timeit("rb - extend"):
             self.replay_buffer.extend(batch.reshape(-1))
@@ -426,6 +425,7 @@ class Training:
                 self.scheduled_work()
             if self.frames < self.total_frames and not self.stop.requested:
                 collector = self.make_collector()
+                self.stop.phase = "collection"
                 for batch in collector:
                     self.store(batch)
                     metrics = self.update_phase() if self.frames >= self.update_start else []
@@ -443,6 +443,7 @@ class Training:
                     self.log(metrics)
                     if self.stop.requested:
                         break
+                    self.stop.phase = "collection"  # the collector's next batch
         except BaseException:
             pbar.close()
             self.stop.restore()
