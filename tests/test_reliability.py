@@ -118,7 +118,7 @@ def start(folder: Path, *overrides: str) -> Reader:
 # start (the progress bar counts them), after the first evaluation's line (the next one follows the
 # next batch), after the first batch is counted (its checkpoint is written next).
 TRIGGERS = {"updates": r"updates=[1-9]", "evaluation": r"\[eval\] frame 100", "checkpoint writing": r"100/300"}
-DELAYS = {"updates": (0.0, 1.0), "evaluation": (0.3, 0.8), "checkpoint writing": (0.0, 0.4)}
+DELAYS = {"updates": (0.5, 1.8), "evaluation": (0.3, 0.8), "checkpoint writing": (0.0, 0.4)}
 
 
 @pytest.mark.parametrize(
