@@ -365,6 +365,34 @@ def test_a_full_disk_names_the_path_removes_the_partial_file_and_keeps_the_previ
     assert torch.load(path, weights_only=False) == {"frames": 1}
 
 
+@pytest.mark.parametrize("killed_at", ["the checkpoint's rename", "the final checksum write"])
+def test_a_write_killed_at_any_step_leaves_a_checkpoint_its_checksum_accepts(tmp_path, monkeypatch, killed_at):
+    checkpoints = script_module("checkpoints")
+    path = tmp_path / "checkpoint.pt"
+    checkpoints.save_checkpoint(path, {"format": checkpoints.FORMAT, "frames": 1})
+    steps = {
+        "the checkpoint's rename": (checkpoints.os, "replace", 0),
+        "the final checksum write": (checkpoints, "_write_digests", 1),
+    }
+    module, name, calls_before = steps[killed_at]
+    real, seen = getattr(module, name), []
+
+    def killed(*args, **kwargs):  # as SIGKILL would stop the process at this call
+        if name == "replace" and not str(args[1]).endswith(".pt"):
+            return real(*args, **kwargs)
+        seen.append(args)
+        if len(seen) > calls_before:
+            raise SystemExit(137)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, killed)
+    with pytest.raises(SystemExit):
+        checkpoints.save_checkpoint(path, {"format": checkpoints.FORMAT, "frames": 2})
+    monkeypatch.undo()
+    digests = (tmp_path / "checkpoint.pt.sha256").read_text()
+    assert checkpoints.hashlib.sha256(path.read_bytes()).hexdigest() in digests  # accepted, old or new file
+
+
 def test_damaged_foreign_or_unverifiable_files_are_refused_by_name(tmp_path, tiny_run):
     checkpoints = script_module("checkpoints")
     good = tiny_run / "checkpoint.pt"

@@ -4,8 +4,8 @@
   write into one folder; a folder that holds another run is refused unless that run is resumed.
 - A checkpoint is written to ``checkpoint.pt.tmp`` with its SHA-256 computed on the way, flushed to
   disk, then renamed over ``checkpoint.pt``, with the digest in ``checkpoint.pt.sha256`` beside it:
-  a reader finds either the previous checkpoint or the new one, never a partial file. On a full disk
-  the partial file is removed and the error says so.
+  a reader finds either the previous checkpoint or the new one, never a partial file, and the checksum
+  file accepts whichever it finds. On a full disk the partial file is removed and the error says so.
 - Reading verifies the digest and the contents before anything is loaded.
 """
 
@@ -60,8 +60,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _accepted_digests(digest_file: Path) -> list[str]:
+    if not digest_file.is_file():
+        return []
+    return [line.split()[0] for line in digest_file.read_text().splitlines() if line.split()]
+
+
+def _write_digests(digest_file: Path, digests: list[str], name: str) -> None:
+    tmp = digest_file.with_name(digest_file.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(f"{digest}  {name}\n" for digest in digests)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, digest_file)
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Writes ``state`` and its checksum atomically (see the module docstring)."""
+    """Writes ``state`` and its checksum so that a process killed at any moment leaves a checkpoint that its
+    checksum file accepts: the new digest is added to the accepted ones before the new file replaces the old,
+    and the old digest is dropped after."""
     tmp, digest_file = path.with_name(path.name + ".tmp"), checksum_path(path)
     digest_tmp = digest_file.with_name(digest_file.name + ".tmp")
     digest = hashlib.sha256()
@@ -70,12 +87,11 @@ def save_checkpoint(path: Path, state: dict) -> None:
             torch.save(state, _Hashing(f, digest))
             f.flush()
             os.fsync(f.fileno())
-        with open(digest_tmp, "w") as f:
-            f.write(f"{digest.hexdigest()}  {path.name}\n")
-            f.flush()
-            os.fsync(f.fileno())
+        new = digest.hexdigest()
+        _write_digests(digest_file, [new, *_accepted_digests(digest_file)[:1]], path.name)  # new or old file
         os.replace(tmp, path)
-        os.replace(digest_tmp, digest_file)
+        _fsync_dir(path.parent)
+        _write_digests(digest_file, [new], path.name)
         _fsync_dir(path.parent)
     except BaseException as err:
         for partial in (tmp, digest_tmp):
@@ -109,12 +125,11 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> dict:
             f"{path} has no checksum file beside it ({digest_file.name}), so it cannot be verified; a checkpoint "
             "written by qsm.py always has one (copy both files together)."
         )
-    expected = digest_file.read_text().split()[0] if digest_file.read_text().split() else ""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
-    if digest.hexdigest() != expected:
+    if digest.hexdigest() not in _accepted_digests(digest_file):
         raise CheckpointError(
             f"{path} does not match its checksum ({digest_file.name}): the file was changed or damaged after it "
             "was written. Resume from another checkpoint."
