@@ -274,8 +274,9 @@ class QSMLoss(LossModule):
     def _check_input(self, tensordict: TensorDictBase, keys: Sequence[NestedKey], role: str) -> None:
         """Names a missing key, a wrong action size or dtype; then, if enabled, non-finite inputs.
 
-        The structural checks run on a role's first call only (the data's layout does not change
-        between updates); :meth:`_check_finite` runs on every call it is enabled for.
+        The structural checks (and, on the first call of any loss, one transition through the
+        networks) run on a role's first call only: the data's layout does not change between updates.
+        The finite check runs on every call it is enabled for (``check_finite``).
         """
         if role not in self._inputs_checked:
             self._check_layout(tensordict, keys, role)
