@@ -16,7 +16,7 @@ import torch
 from tensordict.utils import NestedKey
 from torchrl.data import Bounded, Composite, TensorSpec
 
-from torchrl_qsm.diffusion.networks import Denoiser, step_conditioned
+from torchrl_qsm.diffusion.networks import Denoiser, protocol_members, step_conditioned
 
 
 @runtime_checkable
@@ -49,6 +49,7 @@ class DiffusionPolicyModule(Protocol):
     def denoiser(self, observation: torch.Tensor) -> Denoiser: ...
 
 
+CONTRACT = protocol_members(DiffusionPolicyModule)
 TORCHRL_CONTRACT = ("num_steps", "alphas_cumprod", "add_noise", "score_network")
 
 
@@ -95,7 +96,7 @@ class ScoreNetworkPolicy:
 def diffusion_policy(module: object) -> DiffusionPolicyModule:
     """``module`` as a :class:`DiffusionPolicyModule`: itself if it offers the contract, TorchRL's
     smaller contract completed by :class:`ScoreNetworkPolicy`, else ``TypeError`` naming what is missing."""
-    if isinstance(module, DiffusionPolicyModule):
+    if all(hasattr(module, name) for name in CONTRACT):
         return module
     missing = [name for name in TORCHRL_CONTRACT if not hasattr(module, name)]
     if missing:
