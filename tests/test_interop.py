@@ -5,23 +5,13 @@ import torch
 from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.data import Composite
-from torchrl.envs import (
-    CatTensors,
-    Compose,
-    DMControlEnv,
-    DoubleToFloat,
-    InitTracker,
-    RewardSum,
-    StepCounter,
-    TransformedEnv,
-)
 from torchrl.modules import DiffusionActor as TorchRLDiffusionActor
 from torchrl.modules import SafeModule
 from torchrl.objectives import DiffusionBCLoss, SoftUpdate
 
 from torchrl_qsm import DiffusionActor, QSMLoss
 
-from _helpers import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM
+from _helpers import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM, script_module
 
 
 def test_torchrl_diffusion_bc_loss_trains_our_actor():
@@ -59,23 +49,9 @@ def test_qsm_loss_trains_torchrl_s_own_diffusion_actor():
         QSMLoss(spec_free, make_critic())
 
 
-def make_cheetah():
-    env = DMControlEnv("cheetah", "run")
-    return TransformedEnv(
-        env,
-        Compose(
-            CatTensors(in_keys=list(env.observation_spec.keys()), out_key="observation"),
-            InitTracker(),
-            StepCounter(),
-            DoubleToFloat(),
-            RewardSum(),
-        ),
-    )
-
-
 @pytest.mark.slow
 def test_our_actor_collects_on_dm_control_cheetah_run():
-    env = make_cheetah()
+    env = script_module("utils").make_env("cheetah", "run")  # the training script's DMC env
     obs_dim = env.observation_spec["observation"].shape[-1]
     action_spec = env.action_spec
     actor = DiffusionActor(action_spec.shape[-1], obs_dim, spec=action_spec, hidden_sizes=(32, 32))

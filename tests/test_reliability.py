@@ -230,6 +230,12 @@ def test_the_loop_refuses_to_checkpoint_non_finite_weights(tmp_path):
     assert not loop.state_is_finite(bad) and loop.state_is_finite({"x": torch.ones(2), "n": 3})
     with pytest.raises(loop.NonFiniteData, match=r"Update 3 gave non-finite losses \{'loss_actor': nan"):
         loop.check_finite_losses([TensorDictOf(1.0), TensorDictOf(2.0), TensorDictOf(float("nan"))], first_update=0)
+    # TD3 writes loss_actor every second update only: a key absent from the first update is checked too
+    critic_only = TensorDictOf(1.0).exclude("loss_actor")
+    with pytest.raises(
+        loop.NonFiniteData, match=r"Update 12 gave non-finite losses \{'loss_qvalue': 1.0, 'loss_actor': inf"
+    ):
+        loop.check_finite_losses([critic_only, TensorDictOf(float("inf"))], first_update=10)
 
 
 # --- resume ----------------------------------------------------------------------------------------

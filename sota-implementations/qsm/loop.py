@@ -154,7 +154,7 @@ def check_finite_losses(metrics: list[TensorDictBase], first_update: int) -> Non
     """One device sync per collector batch: every ``loss_*`` of the batch's updates must be finite."""
     if not metrics:
         return
-    keys = [key for key in metrics[0].keys() if key.startswith("loss_")]
+    keys = list(dict.fromkeys(key for m in metrics for key in m.keys() if key.startswith("loss_")))  # TD3: every 2nd
     losses = torch.stack([torch.stack([m[key] for key in keys if key in m.keys()]).float().sum() for m in metrics])
     if torch.isfinite(losses).all():
         return

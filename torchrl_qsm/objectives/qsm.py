@@ -281,7 +281,7 @@ class QSMLoss(LossModule):
         if role not in self._inputs_checked:
             self._check_layout(tensordict, keys, role)
             self._inputs_checked.add(role)
-        if self._finite_checks_on(tensordict):
+        if self._finite_checks_on():
             for key in keys:
                 _raise_if_non_finite(tensordict.get(key), f"QSMLoss.{role}: the input {key!r}")
 
@@ -340,7 +340,7 @@ class QSMLoss(LossModule):
                 f"action of {self.max_action.shape[-1]} dims): {err}. Build it for these sizes."
             ) from err
 
-    def _finite_checks_on(self, tensordict: TensorDictBase) -> bool:
+    def _finite_checks_on(self) -> bool:
         if self.check_finite is not None:
             return self.check_finite
         return self.min_action.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -421,7 +421,7 @@ class QSMLoss(LossModule):
             eps_target = -q_score
         loss = (eps_pred - eps_target).pow(2).mean(-1)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=self._maybe_get_priority_weight(tensordict))
-        if self._finite_checks_on(tensordict):
+        if self._finite_checks_on():
             self._check_loss(loss, "loss_actor", ("actor_network_params", "qvalue_network_params"))
         eps_pred = eps_pred.detach()
         metrics = {
@@ -474,7 +474,7 @@ class QSMLoss(LossModule):
         q = self._critics(tensordict, self.qvalue_network_params)
         loss = distance_loss(q, target.expand_as(q), loss_function=self.loss_function).sum(0).squeeze(-1)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=weights)
-        if self._finite_checks_on(tensordict):
+        if self._finite_checks_on():
             self._check_loss(
                 loss, "loss_qvalue", ("qvalue_network_params", "target_qvalue_network_params", "actor_network_params")
             )
