@@ -76,9 +76,10 @@ def make_batch(batch_size: int, device) -> TensorDict:
 
 
 def script_config(width: int, device, *overrides: str):
-    """The training script's configuration at these widths (its defaults otherwise)."""
+    """The training script's configuration at these widths, eager (the compiled candidates compile it here)."""
     with initialize_config_dir(config_dir=str(SCRIPT_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"network.hidden_sizes=[{width},{width}]", f"device={device}", *overrides])
+        overrides = [f"network.hidden_sizes=[{width},{width}]", f"device={device}", "compile.compile=false", *overrides]
+        return compose("config", overrides=overrides)
 
 
 def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict:

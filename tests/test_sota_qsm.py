@@ -20,6 +20,12 @@ def test_trains_on_dm_control_and_writes_the_results_folder(tmp_path):
     assert_results(tmp_path, final_frame=200)
     assert "[eval] frame 200: return" in done.stdout and "on the box edges" in done.stdout
     assert "frame/s" in done.stderr  # the tqdm progress bar
+    assert "fp32 matmuls on cpu: " in done.stdout  # optim.fp32_matmuls=auto: the kernel choice, printed
+
+
+def test_fp32_matmuls_default_keeps_torch_s_default_path(tmp_path):
+    done = run_script(tmp_path, "optim.fp32_matmuls=default", "collector.total_frames=100", "eval.interval=100")
+    assert "fp32 matmuls" not in done.stdout
 
 
 @pytest.mark.parametrize("algorithm", ["sac", "td3"])
@@ -133,6 +139,7 @@ def compose_config(*overrides: str):
         (["+diffusion.alfa=1"], r"diffusion.alfa \(did you mean diffusion.alpha\?\)"),
         (["logger.backend=neptune"], "logger.backend must be one of"),
         (["diffusion.exploration_std=nan"], "diffusion.exploration_std must be finite"),
+        (["optim.fp32_matmuls=fast"], "optim.fp32_matmuls must be auto or default"),
     ],
 )
 def test_bad_configuration_is_refused_naming_the_field(overrides, message):
@@ -238,6 +245,24 @@ def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_poli
         )
         assert bool(collector.compiled_policy) is flag
         collector.shutdown()
+
+
+def test_compile_by_default_where_torch_compile_can_build(monkeypatch):
+    # compile.compile=null (the default): on where inductor finds a C++ compiler (CPU) or triton (CUDA)
+    utils, cpu = script_module("utils"), torch.device("cpu")
+    cfg = compose_config()
+    assert cfg.compile.compile is None
+    monkeypatch.setenv("CXX", "my-c++")
+    monkeypatch.setattr(utils.shutil, "which", lambda name: "/opt/bin/my-c++" if name == "my-c++" else None)
+    assert utils.compile_enabled(cfg, cpu) == (True, "compile.compile=null and the C++ compiler my-c++ is here")
+
+    monkeypatch.setattr(utils.shutil, "which", lambda name: None)
+    enabled, why = utils.compile_enabled(cfg, cpu)
+    assert not enabled and "no C++ compiler" in why and "my-c++, g++, c++, clang++" in why
+    assert "compile.compile=false" in why
+
+    for flag in (True, False):  # an explicit setting is taken as it is
+        assert utils.compile_enabled(compose_config(f"compile.compile={str(flag).lower()}"), cpu)[0] is flag
 
 
 def test_eval_videos_are_recorded_where_mujoco_renders(tmp_path):

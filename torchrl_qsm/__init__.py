@@ -11,6 +11,7 @@ from torchrl_qsm.diffusion import (
     SinusoidalFeatures,
     StepConditionedNetwork,
 )
+from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_shapes
 from torchrl_qsm.modules import DiffusionActor, DiffusionPolicy
 from torchrl_qsm.objectives import QSMLoss
 
@@ -28,6 +29,8 @@ __all__ = [
     "SinusoidalFeatures",
     "StepConditionedNetwork",
     "__version__",
+    "choose_fp32_matmuls",
     "ddpm_sample",
     "edge_fraction",
+    "matmul_shapes",
 ]

@@ -50,7 +50,7 @@ from torchrl.objectives import SACLoss, SoftUpdate, TD3Loss
 from checkpoints import RunFolder
 from config import resolve_device, validate_config
 from loop import train
-from utils import adam, make_eval_env, make_logger
+from utils import adam, make_eval_env, make_logger, set_matmul_kernels
 
 TD3_EXPLORATION_STD, TD3_POLICY_NOISE, TD3_NOISE_CLIP, TD3_POLICY_DELAY = 0.1, 0.2, 0.5, 2  # TorchRL's sota td3
 
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     logger = make_logger(cfg, folder.folder, name=args.algorithm.upper())
     eval_env = make_eval_env(cfg, logger)
     agent = BASELINES[args.algorithm](cfg, eval_env, device)
+    loss = agent["state"]["loss"]
+    set_matmul_kernels(cfg, device, loss.actor_network, loss.qvalue_network)
     train(
         cfg,
         folder,

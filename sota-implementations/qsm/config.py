@@ -59,6 +59,7 @@ class OptimConfig:
     tau: float = MISSING
     fused_adam: bool = MISSING
     bf16_matmuls: bool = MISSING
+    fp32_matmuls: str = MISSING
 
 
 @dataclass
@@ -102,7 +103,7 @@ class LoggerConfig:
 
 @dataclass
 class CompileConfig:
-    compile: bool = MISSING
+    compile: bool | None = MISSING
     mode: str | None = MISSING
     recompute_pointwise: bool | None = MISSING
     policy: bool = MISSING
@@ -258,6 +259,7 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
         ),
         (0 < o.gamma <= 1, ["optim.gamma"], "optim.gamma (the discount) must be in (0, 1]"),
         (0 < o.tau <= 1, ["optim.tau"], "optim.tau (the target critics' step) must be in (0, 1]"),
+        (o.fp32_matmuls in ("auto", "default"), ["optim.fp32_matmuls"], "optim.fp32_matmuls must be auto or default"),
         (
             o.actor_lr_decay_updates >= 0,
             ["optim.actor_lr_decay_updates"],

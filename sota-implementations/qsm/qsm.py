@@ -35,6 +35,7 @@ from checkpoints import RunFolder
 from config import resolve_device, validate_config
 from loop import train
 from utils import (
+    compile_enabled,
     compile_update,
     make_critic,
     make_eval_env,
@@ -42,9 +43,9 @@ from utils import (
     make_loss_module,
     make_optimizers,
     make_qsm_agent,
+    set_matmul_kernels,
 )
 
-torch.set_float32_matmul_precision("high")
 OmegaConf.register_new_resolver("qsm_pid", os.getpid, replace=True)  # unique default run folders
 
 
@@ -67,7 +68,7 @@ def make_learner(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
         target_updater.step()
         return out.detach()
 
-    if cfg.compile.compile:
+    if compile_enabled(cfg, device)[0]:
         update = compile_update(update, cfg, device)
 
     def learn(batch: TensorDict) -> TensorDict:
@@ -100,6 +101,10 @@ def main(cfg: DictConfig) -> None:
     logger = make_logger(cfg, folder.folder)
     eval_env = make_eval_env(cfg, logger)
     learner = make_learner(cfg, eval_env, device)
+    loss = learner["state"]["loss"]
+    set_matmul_kernels(cfg, device, loss.actor_network, loss.qvalue_network)
+    compiled, why = compile_enabled(cfg, device)
+    print(f"torch.compile of the update: {'on' if compiled else 'off'} ({why})", flush=True)
     eval_exploration = ExplorationType.DETERMINISTIC if cfg.eval.mode == "deterministic" else ExplorationType.RANDOM
     train(
         cfg,
