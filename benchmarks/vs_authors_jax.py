@@ -18,10 +18,10 @@ the same update (the authors' sizes: critics and eps-network ``W x W``, Fourier 
 every candidate's time and its ratio to the authors' update. Candidates:
 
 - ``jax``: ``ScoreMatchingLearner.update`` (jitted: critic and actor steps, soft target update);
-- ``qsm``: our update exactly as the training script builds it (``make_learner``, defaults, fp32 matmul
-  kernels chosen as ``optim.fp32_matmuls=auto`` chooses them);
+- ``qsm``: our eager update as the training script builds it (``make_learner`` with its defaults and
+  ``compile.compile=false``; fp32 matmul kernels chosen as ``optim.fp32_matmuls=auto`` chooses them);
 - ``qsm-default-kernels``: the same update with torch's default fp32 matmul path (``optim.fp32_matmuls=default``);
-- ``qsm-compiled``: ``qsm`` under ``compile.compile=true``.
+- ``qsm-compiled``: ``qsm`` under ``torch.compile``, the script's default where it can build.
 
 Acting at batch 1 compares our exploration policy (the chain + N(0, 0.1^2), eager and under
 ``torch.compile``) with the authors' ``sample_actions`` (jitted), each returning a NumPy action as a

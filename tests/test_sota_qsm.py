@@ -20,12 +20,40 @@ def test_trains_on_dm_control_and_writes_the_results_folder(tmp_path):
     assert_results(tmp_path, final_frame=200)
     assert "[eval] frame 200: return" in done.stdout and "on the box edges" in done.stdout
     assert "frame/s" in done.stderr  # the tqdm progress bar
-    assert "fp32 matmuls on cpu: " in done.stdout  # optim.fp32_matmuls=auto: the kernel choice, printed
+    assert "fp32 matmuls on cpu: mkl, torch's default (MKL)" in done.stdout  # TINY pins the default path
 
 
-def test_fp32_matmuls_default_keeps_torch_s_default_path(tmp_path):
-    done = run_script(tmp_path, "optim.fp32_matmuls=default", "collector.total_frames=100", "eval.interval=100")
-    assert "fp32 matmuls" not in done.stdout
+def test_fp32_matmuls_auto_prints_its_choice_and_how_to_repeat_it(tmp_path):
+    done = run_script(tmp_path, "optim.fp32_matmuls=auto", "collector.total_frames=100", "eval.interval=100")
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("fp32 matmuls on cpu: ")]
+    chosen = line.removeprefix("fp32 matmuls on cpu: ").split(",")[0]
+    assert chosen in ("mkl", "onednn") and f"(optim.fp32_matmuls={chosen} repeats this choice)" in line
+
+
+def test_a_pinned_fp32_matmul_path_that_rounds_is_refused(monkeypatch):
+    utils, cpu = script_module("utils"), torch.device("cpu")
+    linear, matmul = torch.nn.functional.linear, torch.matmul
+
+    def rounding(op):  # a CPU whose oneDNN computes "bf16"-precision fp32 matmuls in bfloat16 (AMX)
+        def run(*args):
+            if torch.backends.mkldnn.matmul.fp32_precision == "bf16":
+                args = [a.bfloat16().float() if getattr(a, "dtype", None) == torch.float32 else a for a in args]
+            return op(*args)
+
+        return run
+
+    saved = torch.backends.mkldnn.matmul.fp32_precision
+    monkeypatch.setattr(torch.nn.functional, "linear", rounding(linear))
+    monkeypatch.setattr(torch, "matmul", rounding(matmul))
+    critic = utils.make_critic(compose_config(*TINY), utils.make_env("cartpole", "swingup"), cpu)
+    try:
+        with pytest.raises(ValueError, match="optim.fp32_matmuls=onednn: on this machine .* it rounds"):
+            utils.set_matmul_kernels(compose_config(*TINY, "optim.fp32_matmuls=onednn"), cpu, critic)
+        assert (
+            utils.set_matmul_kernels(compose_config(*TINY, "optim.fp32_matmuls=mkl"), cpu, critic).chosen.name == "mkl"
+        )
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = saved
 
 
 @pytest.mark.parametrize("algorithm", ["sac", "td3"])
@@ -139,7 +167,7 @@ def compose_config(*overrides: str):
         (["+diffusion.alfa=1"], r"diffusion.alfa \(did you mean diffusion.alpha\?\)"),
         (["logger.backend=neptune"], "logger.backend must be one of"),
         (["diffusion.exploration_std=nan"], "diffusion.exploration_std must be finite"),
-        (["optim.fp32_matmuls=fast"], "optim.fp32_matmuls must be auto or default"),
+        (["optim.fp32_matmuls=fast"], r"optim.fp32_matmuls must be one of \['auto', 'default', 'mkl', 'onednn'"),
     ],
 )
 def test_bad_configuration_is_refused_naming_the_field(overrides, message):

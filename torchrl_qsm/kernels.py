@@ -62,6 +62,20 @@ PATHS: dict[str, tuple[MatmulPath, ...]] = {
 }
 
 
+def matmul_path(device: torch.device | str, name: str) -> MatmulPath:
+    """The path called ``name`` among :data:`PATHS` of ``device``'s type (``"default"``: its first)."""
+    paths = PATHS.get(torch.device(device).type, ())
+    if paths and name == "default":
+        return paths[0]
+    for path in paths:
+        if path.name == name:
+            return path
+    raise ValueError(
+        f"No fp32 matmul path {name!r} for device type {torch.device(device).type!r}; "
+        f"known: {['default', *(path.name for path in paths)]}."
+    )
+
+
 @dataclass(frozen=True)
 class MatmulChoice:
     """What :func:`choose_fp32_matmuls` measured and chose (its ``str`` is the line it prints)."""
@@ -86,8 +100,8 @@ class MatmulChoice:
         ]
         speedup = self.seconds[default] / self.seconds[self.chosen.name]
         return (
-            f"fp32 matmuls on {self.device}: {self.chosen.description}, {speedup:.2f}x the default's speed "
-            f"[{'; '.join(parts)}; tolerance {self.tolerance:.1e} against float64]"
+            f"fp32 matmuls on {self.device}: {self.chosen.name}, {self.chosen.description}, {speedup:.2f}x the "
+            f"default's speed [{'; '.join(parts)}; tolerance {self.tolerance:.1e} against float64]"
         )
 
 

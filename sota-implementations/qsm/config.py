@@ -21,6 +21,9 @@ from omegaconf import DictConfig, MISSING, OmegaConf
 from torch import nn
 
 from torchrl_qsm import Mish
+from torchrl_qsm.kernels import PATHS
+
+FP32_MATMULS = dict.fromkeys(["auto", "default", *(path.name for paths in PATHS.values() for path in paths)])
 
 
 @dataclass
@@ -259,7 +262,11 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
         ),
         (0 < o.gamma <= 1, ["optim.gamma"], "optim.gamma (the discount) must be in (0, 1]"),
         (0 < o.tau <= 1, ["optim.tau"], "optim.tau (the target critics' step) must be in (0, 1]"),
-        (o.fp32_matmuls in ("auto", "default"), ["optim.fp32_matmuls"], "optim.fp32_matmuls must be auto or default"),
+        (
+            o.fp32_matmuls in FP32_MATMULS,
+            ["optim.fp32_matmuls"],
+            f"optim.fp32_matmuls must be one of {list(FP32_MATMULS)}",
+        ),
         (
             o.actor_lr_decay_updates >= 0,
             ["optim.actor_lr_decay_updates"],

@@ -41,7 +41,7 @@ from torchrl.record import VideoRecorder
 from torchrl.record.loggers import CSVLogger, generate_exp_name, get_logger
 
 from torchrl_qsm import choose_fp32_matmuls, DiffusionActor, EpsilonNetwork, matmul_shapes, QSMLoss
-from torchrl_qsm.kernels import MatmulChoice
+from torchrl_qsm.kernels import matmul_path, MatmulChoice
 
 from config import ACTIVATIONS
 
@@ -204,12 +204,31 @@ def make_optimizers(
     return actor_optim, critic_optim, torch.optim.lr_scheduler.LambdaLR(actor_optim, decay)
 
 
-def set_matmul_kernels(cfg: DictConfig, device: torch.device, *networks: torch.nn.Module) -> MatmulChoice | None:
-    """``optim.fp32_matmuls=auto``: the fastest fp32 matmul path proven as accurate as torch's default on this
-    machine, for the GEMMs of ``networks`` at the batch size (``choose_fp32_matmuls``; prints its choice)."""
-    if cfg.optim.fp32_matmuls != "auto":
-        return None
-    return choose_fp32_matmuls(device, matmul_shapes(*networks, batch_size=cfg.optim.batch_size))
+def set_matmul_kernels(cfg: DictConfig, device: torch.device, *networks: torch.nn.Module) -> MatmulChoice:
+    """The fp32 matmul path for the GEMMs of ``networks`` at the batch size, checked against float64 and printed.
+
+    ``optim.fp32_matmuls=auto``: the fastest path as accurate as torch's default (``choose_fp32_matmuls``); where
+    two paths are close in speed, two starts may choose differently, and runs with the same seed then differ
+    by rounding. A path's name (``default``, or the name ``auto`` printed) pins it; it is still checked, and
+    refused if it rounds on this machine.
+    """
+    shapes = matmul_shapes(*networks, batch_size=cfg.optim.batch_size)
+    name = cfg.optim.fp32_matmuls
+    if name == "auto":
+        choice = choose_fp32_matmuls(device, shapes, verbose=False)
+        print(f"{choice} (optim.fp32_matmuls={choice.chosen.name} repeats this choice)", flush=True)
+        return choice
+    path, default = matmul_path(device, name), matmul_path(device, "default")
+    paths = [default] if path == default else [default, path]
+    choice = choose_fp32_matmuls(device, shapes, paths=paths, min_speedup=0.0, verbose=False)
+    if choice.chosen != path:
+        raise ValueError(
+            f"optim.fp32_matmuls={name}: on this machine that path computes fp32 matmuls with error "
+            f"{choice.errors[path.name]:.1e} against float64, above the tolerance {choice.tolerance:.1e} (10x torch's "
+            "default path): it rounds. Use optim.fp32_matmuls=auto or default; bf16 is optim.bf16_matmuls=true."
+        )
+    print(choice, flush=True)
+    return choice
 
 
 def compile_enabled(cfg: DictConfig, device: torch.device) -> tuple[bool, str]:
