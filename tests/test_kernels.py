@@ -17,34 +17,6 @@ DEFAULT, ONEDNN = PATHS["cpu"]
 SHAPES = [(64, 128, 128), (64, 23, 128)]
 
 
-@pytest.fixture(autouse=True)
-def restore_matmul_flags():
-    saved = torch.backends.mkldnn.matmul.fp32_precision
-    yield
-    torch.backends.mkldnn.matmul.fp32_precision = saved
-
-
-@pytest.fixture
-def onednn_computes_in_bf16(monkeypatch):
-    """A CPU where oneDNN takes the flag's name at its word (AMX): fp32 matmuls rounded to bfloat16."""
-    linear, matmul = F.linear, torch.matmul
-
-    def rounding(op):
-        def run(*args):
-            if torch.backends.mkldnn.matmul.fp32_precision != "bf16":
-                return op(*args)
-            return op(*[a.bfloat16().float() if _is_fp32(a) else a for a in args])  # float64 is exact
-
-        return run
-
-    monkeypatch.setattr(F, "linear", rounding(linear))
-    monkeypatch.setattr(torch, "matmul", rounding(matmul))
-
-
-def _is_fp32(value) -> bool:
-    return isinstance(value, torch.Tensor) and value.dtype == torch.float32
-
-
 def test_a_path_that_rounds_is_refused_however_fast_it_is(onednn_computes_in_bf16, capsys):
     choice = choose_fp32_matmuls("cpu", SHAPES, min_speedup=0.0)  # any speed would do: accuracy decides
 

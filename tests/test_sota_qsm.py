@@ -30,30 +30,13 @@ def test_fp32_matmuls_auto_prints_its_choice_and_how_to_repeat_it(tmp_path):
     assert chosen in ("mkl", "onednn") and f"(optim.fp32_matmuls={chosen} repeats this choice)" in line
 
 
-def test_a_pinned_fp32_matmul_path_that_rounds_is_refused(monkeypatch):
+def test_a_pinned_fp32_matmul_path_that_rounds_is_refused(onednn_computes_in_bf16):
     utils, cpu = script_module("utils"), torch.device("cpu")
-    linear, matmul = torch.nn.functional.linear, torch.matmul
-
-    def rounding(op):  # a CPU whose oneDNN computes "bf16"-precision fp32 matmuls in bfloat16 (AMX)
-        def run(*args):
-            if torch.backends.mkldnn.matmul.fp32_precision == "bf16":
-                args = [a.bfloat16().float() if getattr(a, "dtype", None) == torch.float32 else a for a in args]
-            return op(*args)
-
-        return run
-
-    saved = torch.backends.mkldnn.matmul.fp32_precision
-    monkeypatch.setattr(torch.nn.functional, "linear", rounding(linear))
-    monkeypatch.setattr(torch, "matmul", rounding(matmul))
     critic = utils.make_critic(compose_config(*TINY), utils.make_env("cartpole", "swingup"), cpu)
-    try:
-        with pytest.raises(ValueError, match="optim.fp32_matmuls=onednn: on this machine .* it rounds"):
-            utils.set_matmul_kernels(compose_config(*TINY, "optim.fp32_matmuls=onednn"), cpu, critic)
-        assert (
-            utils.set_matmul_kernels(compose_config(*TINY, "optim.fp32_matmuls=mkl"), cpu, critic).chosen.name == "mkl"
-        )
-    finally:
-        torch.backends.mkldnn.matmul.fp32_precision = saved
+    with pytest.raises(ValueError, match="optim.fp32_matmuls=onednn: on this machine .* it rounds"):
+        utils.set_matmul_kernels(compose_config(*TINY, "optim.fp32_matmuls=onednn"), cpu, critic)
+    pinned = utils.set_matmul_kernels(compose_config(*TINY, "optim.fp32_matmuls=mkl"), cpu, critic)
+    assert pinned.chosen.name == "mkl"
 
 
 @pytest.mark.parametrize("algorithm", ["sac", "td3"])
