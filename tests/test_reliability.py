@@ -182,7 +182,14 @@ def test_a_second_signal_aborts_at_once_without_a_checkpoint(tmp_path):
 
 def test_ctrl_c_stops_a_run_with_collector_processes_cleanly(tmp_path):
     # the workers ignore the terminal's SIGINT: the main process stops them after its checkpoint
-    run = start(tmp_path, *TINY, "collector.num_envs=2", "collector.total_frames=100000", "eval.interval=100000")
+    run = start(
+        tmp_path,
+        *TINY,
+        "collector.backend=multiprocess",
+        "collector.num_workers=2",
+        "collector.total_frames=100000",
+        "eval.interval=100000",
+    )
     run.wait_for(r"updates=[1-9]")
     os.killpg(run.process.pid, signal.SIGINT)
     output = run.finish(timeout=120)

@@ -55,8 +55,14 @@ def test_the_script_folder_holds_qsm_only():
         assert other not in sources
 
 
-def test_trains_with_two_collector_processes(tmp_path):
-    run_script(tmp_path, "collector.num_envs=2")
+def test_trains_with_two_collector_processes_of_two_environments_each(tmp_path):
+    run_script(
+        tmp_path,
+        "collector.backend=multiprocess",
+        "collector.num_workers=2",
+        "collector.envs_per_worker=2",
+        "collector.frames_per_batch=20",
+    )
     assert_results(tmp_path, final_frame=200)
 
 
@@ -150,6 +156,17 @@ def compose_config(*overrides: str):
         (["+diffusion.alfa=1"], r"diffusion.alfa \(did you mean diffusion.alpha\?\)"),
         (["logger.backend=neptune"], "logger.backend must be one of"),
         (["diffusion.exploration_std=nan"], "diffusion.exploration_std must be finite"),
+        (["collector.backend=slurm"], r"collector.backend must be one of \['local', 'multiprocess', 'ray'\]"),
+        (["collector.num_workers=4"], "collector.backend=local runs one collector in this process"),
+        (["+collector.num_envs=4"], r"collector.num_envs \(did you mean collector.num_workers\?\)"),
+        (
+            ["collector.backend=multiprocess", "collector.num_workers=3", "collector.frames_per_batch=1000"],
+            "collector.frames_per_batch must be a multiple of the 3 environments that step into each batch",
+        ),
+        (
+            ["collector.envs_per_worker=0"],
+            "both must be >= 1; got collector.num_workers=1, collector.envs_per_worker=0",
+        ),
         (["optim.fp32_matmuls=fast"], r"optim.fp32_matmuls must be one of \['auto', 'default', 'mkl', 'onednn'"),
     ],
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import math
+import socket
 from dataclasses import dataclass, field, fields, is_dataclass
 
 import torch
@@ -40,8 +41,18 @@ class CollectorConfig:
     total_frames: int = MISSING
     init_random_frames: int = MISSING
     frames_per_batch: int = MISSING
-    num_envs: int = MISSING
+    backend: str = MISSING
+    num_workers: int = MISSING
+    envs_per_worker: int = MISSING
     sync: bool = MISSING
+
+
+@dataclass
+class RayConfig:
+    address: str | None = MISSING
+    num_cpus: int | None = MISSING
+    cpus_per_worker: float = MISSING
+    gpus_per_worker: float = MISSING
 
 
 @dataclass
@@ -123,6 +134,7 @@ class CheckpointConfig:
 class QSMConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     replay_buffer: ReplayBufferConfig = field(default_factory=ReplayBufferConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -141,6 +153,7 @@ ConfigStore.instance().store(name="qsm_schema", node=QSMConfig)
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     name: getattr(nn, name) for name in ("ReLU", "SiLU", "Tanh", "ELU", "GELU", "LeakyReLU", "Softplus")
 } | {"Mish": Mish}
+COLLECTOR_BACKENDS = dict.fromkeys(["local", "multiprocess", "ray"])
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 # Fields a resumed run must keep: the shapes of the networks, the replay buffer and the data, and
@@ -245,7 +258,33 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
             ["collector.init_random_frames", "collector.total_frames"],
             "collector.init_random_frames must be in [0, collector.total_frames]",
         ),
-        (c.num_envs >= 1, ["collector.num_envs"], "collector.num_envs must be >= 1"),
+        (
+            c.backend in COLLECTOR_BACKENDS,
+            ["collector.backend"],
+            f"collector.backend must be one of {list(COLLECTOR_BACKENDS)}",
+        ),
+        (
+            c.num_workers >= 1 and c.envs_per_worker >= 1,
+            ["collector.num_workers", "collector.envs_per_worker"],
+            "both must be >= 1",
+        ),
+        (
+            c.backend != "local" or c.num_workers == 1,
+            ["collector.num_workers", "collector.backend"],
+            "collector.backend=local runs one collector in this process; for more workers choose "
+            "collector.backend=multiprocess or ray",
+        ),
+        (
+            c.frames_per_batch % max(frames_per_step(cfg), 1) == 0,  # (0 workers: refused above)
+            ["collector.frames_per_batch", "collector.num_workers", "collector.envs_per_worker", "collector.sync"],
+            f"collector.frames_per_batch must be a multiple of the {frames_per_step(cfg)} environments that step "
+            "into each batch (sync: every worker's; async: one worker's)",
+        ),
+        (
+            cfg.ray.cpus_per_worker >= 0 and cfg.ray.gpus_per_worker >= 0 and (cfg.ray.num_cpus or 1) >= 1,
+            ["ray.cpus_per_worker", "ray.gpus_per_worker", "ray.num_cpus"],
+            "Ray resources must be >= 0 (ray.num_cpus >= 1 or null)",
+        ),
         (cfg.replay_buffer.size >= 1, ["replay_buffer.size"], "replay_buffer.size must be >= 1"),
         (cfg.replay_buffer.prefetch >= 0, ["replay_buffer.prefetch"], "replay_buffer.prefetch must be >= 0"),
         (o.batch_size >= 1, ["optim.batch_size"], "optim.batch_size must be >= 1"),
@@ -322,9 +361,44 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
             f"logger.backend={cfg.logger.backend!r} needs the {package} package, which is not installed: "
             f"pip install {package} (or choose logger.backend=csv)."
         )
+    if c.backend == "ray":
+        check_ray(cfg.ray)
     resolve_device(cfg.device)
     if cfg.replay_buffer.device is not None:
         resolve_device(cfg.replay_buffer.device, "replay_buffer.device")
+
+
+def frames_per_step(cfg: DictConfig) -> int:
+    """Frames one step of the collection adds to a batch: every worker's environments when the batch
+    gathers all workers (sync), one worker's when it is one worker's (async, local)."""
+    c = cfg.collector
+    return c.envs_per_worker * (c.num_workers if c.sync and c.backend != "local" else 1)
+
+
+def check_ray(ray_cfg: DictConfig, timeout: float = 5.0) -> None:
+    """Ray is installed and ``ray.address`` names a cluster that answers (``ray.init`` itself waits minutes
+    for an address where nothing listens)."""
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError(
+            'collector.backend=ray needs Ray, which is not installed: pip install -e ".[ray]" '
+            "(or choose collector.backend=local or multiprocess)."
+        )
+    address = ray_cfg.address
+    if address is None or address == "auto":
+        return  # a local Ray; "auto" is checked by ray.init itself, which fails at once without a cluster
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"ray.address={address!r} is not an address: use null (a local Ray), auto (the cluster `ray start` "
+            "runs on this machine) or HOST:PORT of the cluster's head (ray://HOST:PORT for Ray Client)."
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(
+            f"ray.address={address!r}: no Ray cluster answers there ({err}). Start one with `ray start --head` "
+            "on that machine (it prints the address to join), or use ray.address=null for a Ray inside this run."
+        ) from None
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:

@@ -35,7 +35,7 @@ from torchrl_qsm import edge_fraction
 
 from checkpoints import CHECKPOINT, FORMAT, load_checkpoint, rng_state, RunFolder, save_checkpoint, set_rng_state
 from config import compare_for_resume
-from utils import make_collector, make_replay_buffer, stream_seed
+from utils import describe_collection, make_collector, make_replay_buffer, stream_seed
 
 EVAL_SEED_OFFSET = 10_000
 RESULT_FIELDS = ["frame", "wall_time", "train_return", "eval_return", "eval_return_std", "eval_edge_fraction"]
@@ -394,6 +394,7 @@ class Training:
     def make_collector(self):
         seed = stream_seed(self.cfg.env.seed, self.frames)
         random_frames = max(0, self.cfg.collector.init_random_frames - self.frames)
+        tqdm.tqdm.write(f"collection: {describe_collection(self.cfg)}")
         self.stop.ignore()  # collector processes inherit it: stopping is this process's job
         try:
             return make_collector(
@@ -429,8 +430,8 @@ class Training:
                 for batch in collector:
                     self.store(batch)
                     metrics = self.update_phase() if self.frames >= self.update_start else []
-                    if metrics:
-                        collector.update_policy_weights_()
+                    if metrics and not getattr(collector, "update_after_each_batch", False):
+                        collector.update_policy_weights_()  # else the collector sends them itself, worker by worker
                     self.record_episodes(batch)
                     pbar.update(batch.numel())
                     if not self.stop.requested:

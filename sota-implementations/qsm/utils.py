@@ -5,11 +5,13 @@ The shape of TorchRL's sota-implementations/sac/utils.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -285,32 +287,120 @@ def compile_update(
 
 
 # --- data ------------------------------------------------------------------------------------------
-def make_collector(
-    cfg: DictConfig, policy, total_frames: int, init_random_frames: int, seed: int, device: torch.device
-):
-    """One env in-process (``Collector``), or ``num_envs`` env processes (Multi{Sync,Async}Collector).
-
-    Each environment is seeded before its first reset: ``seed``, then TorchRL's seed chain for the next.
-    """
-    kwargs = dict(
-        frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=total_frames,
-        init_random_frames=init_random_frames,
-        env_device="cpu",
-        policy_device=device,
-        storing_device=device,
-        exploration_type=ExplorationType.RANDOM,
-        compile_policy=bool(cfg.compile.policy),
-    )
-    n = cfg.collector.num_envs
-    if n == 1:
-        return Collector(env_maker(cfg, seed)(), policy, **kwargs)
+def seed_chain(seed: int, n: int) -> list[int]:
+    """``seed`` and the next ``n - 1`` seeds of TorchRL's seed chain (``seed_generator``)."""
     seeds = [seed]
     for _ in range(n - 1):
         seeds.append(seed_generator(seeds[-1]))
-    cls = MultiSyncCollector if cfg.collector.sync else MultiAsyncCollector
-    collector = cls([env_maker(cfg, s) for s in seeds], policy, **kwargs)
+    return seeds
+
+
+def worker_env_maker(cfg: DictConfig, seeds: list[int]) -> Callable[[], EnvBase]:
+    """A picklable constructor of one worker's environments: the task, or ``len(seeds)`` copies of it
+    stepped together (``SerialEnv``: one policy call for all), each seeded before its first reset."""
+    if len(seeds) == 1:
+        return env_maker(cfg, seeds[0])
+    return functools.partial(SerialEnv, len(seeds), [env_maker(cfg, s) for s in seeds])
+
+
+def describe_collection(cfg: DictConfig) -> str:
+    """One line on how the run collects, e.g. ``ray, 2 workers x 1 environment, sync; a local Ray of 2 CPUs``."""
+    c, r = cfg.collector, cfg.ray
+    envs = f"{c.envs_per_worker} environment{'s' if c.envs_per_worker > 1 else ''}"
+    if c.backend == "local":
+        return f"local, one collector of {envs} in this process"
+    line = f"{c.backend}, {c.num_workers} workers x {envs}, {'sync' if c.sync else 'async'}"
+    if c.backend == "ray":
+        line += f"; a local Ray of {r.num_cpus or os.cpu_count()} CPUs" if r.address is None else f"; joins {r.address}"
+    return line
+
+
+def make_collector(
+    cfg: DictConfig, policy, total_frames: int, init_random_frames: int, seed: int, device: torch.device
+):
+    """The collector of ``collector.backend``, each of its environments seeded before its first reset:
+    ``seed``, then TorchRL's seed chain for the next.
+
+    - ``local``: TorchRL's ``Collector`` in this process;
+    - ``multiprocess``: ``num_workers`` env processes, ``MultiSyncCollector`` (sync) or ``MultiAsyncCollector``;
+    - ``ray``: ``num_workers`` Ray actors, each a ``Collector`` (``RayCollector``), which sends each worker the
+      policy's weights after each of its batches (``update_after_each_batch``).
+    """
+    c = cfg.collector
+    n = c.envs_per_worker
+    seeds = seed_chain(seed, c.num_workers * n)
+    makers = [worker_env_maker(cfg, seeds[i * n : (i + 1) * n]) for i in range(c.num_workers)]
+    kwargs = dict(
+        frames_per_batch=c.frames_per_batch,
+        total_frames=total_frames,
+        init_random_frames=init_random_frames,
+        exploration_type=ExplorationType.RANDOM,
+    )
+    if c.backend == "ray":
+        collector = make_ray_collector(cfg, makers, policy, **kwargs)
+    else:
+        kwargs.update(
+            env_device="cpu", policy_device=device, storing_device=device, compile_policy=bool(cfg.compile.policy)
+        )
+        if c.backend == "local":
+            return Collector(makers[0](), policy, **kwargs)
+        cls = MultiSyncCollector if c.sync else MultiAsyncCollector
+        collector = cls(makers, policy, **kwargs)
     collector.set_seed(seed)  # the same chain again, for each worker's torch and numpy generators
+    return collector
+
+
+@contextlib.contextmanager
+def joining(address: str | None):
+    """Names ``ray.address`` in the error of a Ray that could not be joined."""
+    try:
+        yield
+    except ConnectionError as err:
+        raise ConnectionError(
+            f"ray.address={address!r}: {err} Start a cluster with `ray start --head`, or use ray.address=null "
+            "for a Ray inside this run."
+        ) from err
+
+
+def make_ray_collector(cfg: DictConfig, makers: list[Callable[[], EnvBase]], policy, **kwargs):
+    """TorchRL's ``RayCollector`` over ``makers``, one Ray actor each, inside the Ray of ``ray.address``.
+
+    ``ray.address=null`` starts a Ray in this process, which the collector's ``shutdown`` stops; otherwise the
+    run joins a running cluster (and ``shutdown`` leaves it running). The workers act on CPU, or on their GPU
+    where ``ray.gpus_per_worker > 0``; their batches come back on CPU. The script's modules are sent to the
+    workers by value, so a cluster's nodes need the library installed, not this folder. Worker logs stay in
+    Ray's session folder (``/tmp/ray/session_latest/logs``); a worker's error reaches this process with its
+    traceback.
+    """
+    import ray
+    from torchrl.collectors.distributed import RayCollector
+
+    r = cfg.ray
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # env_maker's module, not on the workers' path
+    init = {"address": r.address, "log_to_driver": False}
+    if r.address is None:
+        init.update(num_cpus=r.num_cpus, include_dashboard=False)
+    worker_device = "cuda" if r.gpus_per_worker > 0 else "cpu"
+    with warnings.catch_warnings(), joining(r.address):
+        # each worker collects init_random_frames / num_workers random frames first, in either mode
+        warnings.filterwarnings("ignore", message="async distributed data collection with init_random_frames")
+        collector = RayCollector(
+            makers,
+            policy,
+            collector_class=Collector,
+            collector_kwargs=dict(
+                env_device="cpu",
+                policy_device=worker_device,
+                storing_device="cpu",
+                compile_policy=bool(cfg.compile.policy),
+            ),
+            remote_configs=dict(num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker),
+            ray_init_config=init,
+            sync=cfg.collector.sync,
+            update_after_each_batch=True,
+            **kwargs,
+        )
+    collector.update_policy_weights_()  # connects the weight transport; the workers start from these weights
     return collector
 
 
