@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import script_module
+from test_sota_qsm import compose_config
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -41,3 +44,21 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in ci.splitlines()
     for install in test_line.split("&&")[:-1]:
         assert install.strip().replace("pip install", "python -m pip install") in ci
+
+
+def script_commands() -> list[list[str]]:
+    """The overrides of every ``qsm.py`` command in the README's shell blocks (continued lines joined)."""
+    shell = "\n".join(re.findall(r"```bash\n(.*?)```", README, flags=re.S)).replace("\\\n", " ")
+    commands = []
+    for line in shell.splitlines():
+        if "sota-implementations/qsm/qsm.py" in line:
+            words = line.split("#")[0].split("sota-implementations/qsm/qsm.py")[1].split()
+            commands.append([w for w in words if "=" in w])
+    return commands
+
+
+@pytest.mark.parametrize("overrides", script_commands(), ids=" ".join)
+def test_each_training_command_of_the_readme_is_a_valid_configuration(overrides):
+    if any(value.startswith("outputs/") for value in (o.split("=", 1)[1] for o in overrides)):
+        overrides = [o for o in overrides if not o.startswith("checkpoint.resume=")]  # a placeholder path
+    script_module("config").validate_config(compose_config(*overrides))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from _helpers import assert_results, BASELINES, read_returns, run_script, SCRIPT_DIR, script_module, TINY
+from _helpers import assert_results, BASELINES, read_returns, ROOT, run_script, SCRIPT_DIR, script_module, TINY
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +181,9 @@ def test_a_missing_logger_package_names_its_install_command(monkeypatch):
     config = script_module("config")
     real = config.importlib.util.find_spec
     monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
-    with pytest.raises(ValueError, match="needs the wandb package, which is not installed: pip install wandb"):
+    with pytest.raises(
+        ValueError, match=r'needs the wandb package, which is not installed: pip install -e ".\[wandb\]"'
+    ):
         config.validate_config(compose_config("logger.backend=wandb"))
 
 
@@ -316,3 +319,23 @@ def test_without_a_gl_backend_videos_are_skipped_with_a_warning():
     )
     assert done.stdout.strip() == "False", done.stderr[-2000:]
     assert "MuJoCo cannot render offscreen here" in done.stderr and "Continuing without video" in done.stderr
+
+
+def test_help_explains_every_option_with_its_comment():
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT_DIR / "qsm.py"), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    sections, section = {}, None
+    for line in done.stdout.splitlines():
+        if re.match(r"^\w+:", line):
+            section = line.split(":")[0]
+            sections.setdefault(section, [])
+        if section:
+            sections[section].append(line)
+    for name in script_module("config").schema_fields():
+        group, _, leaf = name.rpartition(".")
+        lines = sections.get(group, []) if group else sections.get(leaf, [])
+        pattern = rf"^\s*{leaf}: .*# \w" if group else rf"^{leaf}: .*# \w"
+        assert any(re.match(pattern, line) for line in lines), f"--help does not explain {name}"
+    assert "diffusion=robust:" in done.stdout and "env=quickstart:" in done.stdout  # the presets, each in a line

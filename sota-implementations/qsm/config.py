@@ -14,6 +14,7 @@ import importlib.util
 import math
 import socket
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 
 import torch
 from dm_control import suite
@@ -154,6 +155,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     name: getattr(nn, name) for name in ("ReLU", "SiLU", "Tanh", "ELU", "GELU", "LeakyReLU", "Softplus")
 } | {"Mish": Mish}
 COLLECTOR_BACKENDS = dict.fromkeys(["local", "multiprocess", "ray"])
+# logger.backend -> the package it needs, installed by the extra of the same name (pyproject.toml)
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 # Fields a resumed run must keep: the shapes of the networks, the replay buffer and the data, and
@@ -359,13 +361,43 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
     if package and importlib.util.find_spec(package) is None:
         raise ValueError(
             f"logger.backend={cfg.logger.backend!r} needs the {package} package, which is not installed: "
-            f"pip install {package} (or choose logger.backend=csv)."
+            f'pip install -e ".[{cfg.logger.backend}]" (or choose logger.backend=csv).'
         )
     if c.backend == "ray":
         check_ray(cfg.ray)
     resolve_device(cfg.device)
     if cfg.replay_buffer.device is not None:
         resolve_device(cfg.replay_buffer.device, "replay_buffer.device")
+
+
+def options_help() -> str:
+    """``qsm.py --help``: config.yaml as written (each field with its comment) and each preset's first comment.
+
+    Hydra's own page prints the composed config without its comments; this text goes into its help template
+    (``hydra.help.template``), so ``$`` is doubled for ``string.Template``.
+    """
+    folder = Path(__file__).parent
+    config = (folder / "config.yaml").read_text()
+    config = config[: config.index("\nhydra:")]  # the options; Hydra's own are under --hydra-help
+    presets = []
+    for group in ("diffusion", "env"):
+        for path in sorted((folder / group).glob("*.yaml")):
+            lines = [line for line in path.read_text().splitlines() if line.startswith("#") and "@package" not in line]
+            summary = " ".join(line.lstrip("# ") for line in lines).split(". ")[0].rstrip(".") + "."
+            presets.append(f"  {group}={path.stem}: {summary}")
+    text = (
+        "qsm.py: Q-score matching (QSM) on DeepMind Control, TorchRL-style.\n\n"
+        "Usage: python sota-implementations/qsm/qsm.py [group=preset] [field=value ...]\n"
+        "  e.g. python sota-implementations/qsm/qsm.py env=quickstart\n"
+        "       python sota-implementations/qsm/qsm.py env.domain=walker env.task=run diffusion.alpha=80\n\n"
+        "Presets (a config group each):\n" + "\n".join(presets) + "\n\n"
+        "Options (config.yaml; every field can be set on the command line):\n\n" + config + "\n\n"
+        "diffusion: (the default preset, diffusion/faithful.yaml)\n"
+        + "".join(f"  {line}\n" for line in (folder / "diffusion" / "faithful.yaml").read_text().splitlines()[2:])
+        + "\n"
+        "Hydra's own options: --hydra-help. Configuration as composed: --cfg job.\n"
+    )
+    return text.replace("$", "$$")
 
 
 def frames_per_step(cfg: DictConfig) -> int:

@@ -32,7 +32,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
 
 from checkpoints import RunFolder
-from config import resolve_device, validate_config
+from config import options_help, resolve_device, validate_config
 from loop import train
 from utils import (
     compile_enabled,
@@ -47,6 +47,7 @@ from utils import (
 )
 
 OmegaConf.register_new_resolver("qsm_pid", os.getpid, replace=True)  # unique default run folders
+OmegaConf.register_new_resolver("qsm_help", options_help, replace=True)  # qsm.py --help
 
 
 def make_learner(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
