@@ -35,38 +35,14 @@ def ray_processes() -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def ray_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ray_run")
-    done = run_script(folder, *RAY)
-    return folder, done
-
-
-def test_trains_on_a_local_ray_with_two_workers_and_shuts_it_down(ray_run):
-    folder, done = ray_run
-    assert_results(folder, final_frame=200)
-    saved = torch.load(folder / "checkpoint.pt", weights_only=False)
+def test_trains_on_a_local_ray_with_two_workers_and_shuts_it_down(tmp_path):
+    done = run_script(tmp_path, *RAY)
+    assert_results(tmp_path, final_frame=200)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["updates"] == 150  # the same accounting as one collector: utd 1 from frame 100
     assert saved["config"]["collector"]["backend"] == "ray"
     assert "collection: ray, 2 workers x 1 environment, sync; a local Ray of 2 CPUs" in done.stdout
     assert not ray_processes(), "the run left Ray running"
-
-
-def test_a_ray_run_resumes_with_its_counters_and_may_switch_to_async_collection(ray_run, tmp_path):
-    folder, _ = ray_run
-    done = run_script(
-        tmp_path,
-        *RAY,
-        "collector.sync=false",
-        "collector.total_frames=400",
-        f"checkpoint.resume={folder / 'checkpoint.pt'}",
-    )
-    assert "Resumed from" in done.stdout and "at frame 200 (150 updates)" in done.stdout
-    assert "changed: collector.sync: True -> False" in done.stdout
-    final = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    # async: each batch is one worker's 50 frames; 200 more frames, 200 more updates
-    assert (final["frames"], final["updates"]) == (400, 350)
-    assert not ray_processes()
 
 
 def test_the_workers_collect_with_the_weights_of_the_latest_updates(tmp_path):
@@ -91,7 +67,7 @@ def test_the_workers_collect_with_the_weights_of_the_latest_updates(tmp_path):
     assert not ray_processes()
 
 
-def test_ctrl_c_stops_a_ray_run_with_a_checkpoint_and_shuts_ray_down(tmp_path):
+def test_ctrl_c_stops_a_ray_run_with_a_checkpoint_and_it_resumes_with_async_collection(tmp_path):
     start = script_module("test_reliability").start
     run = start(tmp_path, *TINY, *RAY, "collector.total_frames=100000", "eval.interval=100000")
     run.wait_for(r"updates=[1-9]", timeout=180)
@@ -102,6 +78,21 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint_and_shuts_ray_down(tmp_path):
     assert 0 < saved["frames"] < 100000 and saved["updates"] > 0
     assert "Traceback" not in output, output[-3000:]
     assert not ray_processes(), "Ctrl-C left Ray running"
+
+    # resumed in place, switched to async collection (each batch one worker's 50 frames): 100 frames more
+    end = saved["frames"] + 100
+    done = run_script(
+        tmp_path,
+        *RAY,
+        "collector.sync=false",
+        f"collector.total_frames={end}",
+        f"checkpoint.resume={tmp_path / 'checkpoint.pt'}",
+    )
+    assert f"at frame {saved['frames']} ({saved['updates']} updates)" in done.stdout
+    assert "changed: collector.sync: True -> False" in done.stdout
+    final = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert (final["frames"], final["updates"]) == (end, saved["updates"] + 100)
+    assert not ray_processes()
 
 
 def test_a_missing_ray_names_its_install_command(monkeypatch):

@@ -336,6 +336,6 @@ def test_help_explains_every_option_with_its_comment():
     for name in script_module("config").schema_fields():
         group, _, leaf = name.rpartition(".")
         lines = sections.get(group, []) if group else sections.get(leaf, [])
-        pattern = rf"^\s*{leaf}: .*# \w" if group else rf"^{leaf}: .*# \w"
+        pattern = rf"^\s*{leaf}: .*#\s*\S" if group else rf"^{leaf}: .*#\s*\S"
         assert any(re.match(pattern, line) for line in lines), f"--help does not explain {name}"
     assert "diffusion=robust:" in done.stdout and "env=quickstart:" in done.stdout  # the presets, each in a line
