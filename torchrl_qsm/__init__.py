@@ -12,7 +12,7 @@ from torchrl_qsm.diffusion import (
     StepConditionedNetwork,
 )
 from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_shapes
-from torchrl_qsm.modules import DiffusionActor, DiffusionPolicy
+from torchrl_qsm.modules import actor_record, DiffusionActor, DiffusionPolicy, export_policy, load_actor, save_actor
 from torchrl_qsm.objectives import QSMLoss
 
 __version__ = "0.1.0"
@@ -29,8 +29,12 @@ __all__ = [
     "SinusoidalFeatures",
     "StepConditionedNetwork",
     "__version__",
+    "actor_record",
     "choose_fp32_matmuls",
     "ddpm_sample",
     "edge_fraction",
+    "export_policy",
+    "load_actor",
     "matmul_shapes",
+    "save_actor",
 ]

@@ -31,7 +31,7 @@ from torchrl._utils import timeit
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_qsm import edge_fraction
+from torchrl_qsm import actor_record, edge_fraction
 
 from checkpoints import CHECKPOINT, FORMAT, load_checkpoint, rng_state, RunFolder, save_checkpoint, set_rng_state
 from config import compare_for_resume
@@ -179,6 +179,18 @@ def state_is_finite(saved: dict) -> bool:
     return walk(saved)
 
 
+def evaluate_policy(
+    env: EnvBase, policy: Callable, max_steps: int, exploration: ExplorationType
+) -> tuple[torch.Tensor, float]:
+    """One episode in each of ``env``'s environments (a batch, stepped together) under ``exploration``, no
+    gradients: the episodes' returns ``[E]`` and the share of action components on the box edges."""
+    spec = env.action_spec_unbatched
+    with set_exploration_type(exploration), torch.no_grad():
+        rollout = env.rollout(max_steps, policy, auto_cast_to_device=True, break_when_any_done=True)
+    returns = rollout["next", "reward"].sum(-2).squeeze(-1)
+    return returns, edge_fraction(rollout["action"].cpu(), spec.space.low.cpu(), spec.space.high.cpu()).item()
+
+
 def train(
     cfg: DictConfig,
     folder: RunFolder,
@@ -227,7 +239,6 @@ class Training:
         self.results = Results(self.folder)
         self.saved_at: tuple[int, int] | None = None
         self.last_train, self.last_eval_return = float("nan"), float("nan")
-        self.action_spec = eval_env.action_spec_unbatched.to(device)
 
     # --- resume ----------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -283,6 +294,7 @@ class Training:
             return path
         previous, self.stop.phase = self.stop.phase, "checkpoint writing"
         saved = {"format": FORMAT, "config": self.config, "state": {k: v.state_dict() for k, v in self.state.items()}}
+        saved["actor"] = actor_record(self.policy)  # what torchrl_qsm.load_actor and evaluate.py read
         if not state_is_finite(saved["state"]):
             raise NonFiniteData(
                 f"At frame {self.frames} the weights or optimizer states are not finite; no checkpoint was written "
@@ -337,13 +349,10 @@ class Training:
 
     def evaluate(self) -> None:
         self.stop.phase = "evaluation"
-        low, high = self.action_spec.space.low, self.action_spec.space.high
-        with set_exploration_type(self.eval_exploration), torch.no_grad(), timeit("eval"):
-            rollout = self.eval_env.rollout(
-                self.cfg.env.max_episode_steps, self.policy, auto_cast_to_device=True, break_when_any_done=True
+        with timeit("eval"):
+            returns, edges = evaluate_policy(
+                self.eval_env, self.policy, self.cfg.env.max_episode_steps, self.eval_exploration
             )
-        returns = rollout["next", "reward"].sum(-2).squeeze(-1)
-        edges = edge_fraction(rollout["action"].to(low.device), low, high).item()
         self.results.add(
             frame=self.frames,
             wall_time=self.wall_time(),

@@ -1,3 +1,4 @@
 from torchrl_qsm.modules.actor import DiffusionActor, DiffusionPolicy
+from torchrl_qsm.modules.saving import actor_record, export_policy, load_actor, save_actor
 
-__all__ = ["DiffusionActor", "DiffusionPolicy"]
+__all__ = ["actor_record", "DiffusionActor", "DiffusionPolicy", "export_policy", "load_actor", "save_actor"]

@@ -125,8 +125,17 @@ class DiffusionPolicy(nn.Module):
         batch_shape = observation.shape[:-1]
         observation = observation.reshape(-1, observation.shape[-1])
         x_T, noise = self._latents(observation)
+        return self._sample(observation, x_T, noise).reshape(*batch_shape, self.action_dim)
+
+    def sample_from(self, observation: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The chain's sample for given noise: ``observation [N, obs_dim]``, ``noise [T + 1, N, A]`` with
+        ``noise[0] = x_T`` and ``noise[1:]`` the steps' ``z_t`` (what ``forward`` draws as one
+        ``torch.randn(T + 1, N, A)``), to action ``[N, A]`` inside the bounds."""
+        return self._sample(observation, noise[0], noise[1:])
+
+    def _sample(self, observation: torch.Tensor, x_T: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         x = ddpm_sample(self.denoiser(observation), x_T, noise, self.schedule, **self._sampler_options)
-        return self.denormalize(x).reshape(*batch_shape, self.action_dim)
+        return self.denormalize(x)
 
     @property
     def _sampler_options(self) -> dict:
