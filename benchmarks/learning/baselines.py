@@ -30,7 +30,7 @@ sys.path.insert(0, str(SCRIPT_DIR))
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from tensordict import TensorDict
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from torch import nn
@@ -50,7 +50,7 @@ from torchrl.objectives import SACLoss, SoftUpdate, TD3Loss
 from checkpoints import RunFolder
 from config import resolve_device, validate_config
 from loop import train
-from utils import adam, make_eval_env, make_logger, set_matmul_kernels
+from utils import adam, make_eval_env, make_logger, set_matmul_kernels, task_name
 
 TD3_EXPLORATION_STD, TD3_POLICY_NOISE, TD3_NOISE_CLIP, TD3_POLICY_DELAY = 0.1, 0.2, 0.5, 2  # TorchRL's sota td3
 
@@ -188,7 +188,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("algorithm", choices=sorted(BASELINES))
     parser.add_argument("overrides", nargs="*", help="overrides of sota-implementations/qsm/config.yaml")
     args = parser.parse_args(argv)
-    OmegaConf.register_new_resolver("qsm_pid", os.getpid, replace=True)
     with initialize_config_dir(config_dir=str(SCRIPT_DIR), version_base="1.3"):
         cfg = compose("config", overrides=args.overrides, return_hydra_config=True)
     folder = Path(cfg.hydra.run.dir)
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = RunFolder(folder, cfg.checkpoint.resume)
     device = resolve_device(cfg.device)
     print(
-        f"{args.algorithm.upper()} on {cfg.env.domain}-{cfg.env.task}, device {device}; results in {folder.folder}",
+        f"{args.algorithm.upper()} on {task_name(cfg)}, device {device}; results in {folder.folder}",
         flush=True,
     )
     torch.manual_seed(cfg.env.seed)

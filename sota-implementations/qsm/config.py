@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import math
+import os
 import socket
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ FP32_MATMULS = dict.fromkeys(["auto", "default", *(path.name for paths in PATHS.
 
 @dataclass
 class EnvConfig:
+    library: str = MISSING
     domain: str = MISSING
     task: str = MISSING
     seed: int = MISSING
@@ -162,6 +164,7 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "ml
 # what the saved weights mean. Every other field may change at resume (printed).
 STRUCTURAL_FIELDS = (
     "algorithm",
+    "env.library",
     "env.domain",
     "env.task",
     "env.frame_skip",
@@ -228,11 +231,7 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
             f"Unknown configuration field(s): {', '.join(hints)}. Nothing reads them, so they would be ignored; "
             "remove them (the fields are listed in config.yaml)."
         )
-    if (cfg.env.domain, cfg.env.task) not in suite.ALL_TASKS:
-        raise ValueError(
-            f"env.domain={cfg.env.domain!r} env.task={cfg.env.task!r} is not a DeepMind Control task; "
-            f"tasks: {', '.join(f'{d}/{t}' for d, t in suite.ALL_TASKS)}."
-        )
+    check_task(cfg.env)
     c, o, n = cfg.collector, cfg.optim, cfg.network
     checks = [  # (holds, the fields at fault, what must hold)
         (cfg.env.seed >= 0, ["env.seed"], "env.seed must be >= 0"),
@@ -370,6 +369,34 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
         resolve_device(cfg.replay_buffer.device, "replay_buffer.device")
 
 
+def check_task(env: DictConfig) -> None:
+    """``env.library`` is known and has the task: a DMC ``env.domain``/``env.task``, or a Gymnasium id ``env.task``."""
+    if env.library == "dm_control":
+        if (env.domain, env.task) not in suite.ALL_TASKS:
+            raise ValueError(
+                f"env.domain={env.domain!r} env.task={env.task!r} is not a DeepMind Control task; "
+                f"tasks: {', '.join(f'{d}/{t}' for d, t in suite.ALL_TASKS)}."
+            )
+        return
+    if env.library != "gymnasium":
+        raise ValueError(f"env.library must be dm_control or gymnasium; got env.library={env.library!r}.")
+    if importlib.util.find_spec("gymnasium") is None:
+        raise ValueError(
+            'env.library=gymnasium needs Gymnasium, which is not installed: pip install -e ".[gymnasium]" '
+            "(it brings Gymnasium's MuJoCo tasks, on the mujoco dm_control uses)."
+        )
+    import gymnasium
+
+    if env.task not in gymnasium.registry:
+        mujoco = sorted(name for name in gymnasium.registry if name.endswith("-v5"))
+        close = difflib.get_close_matches(env.task, list(gymnasium.registry), n=1)
+        raise ValueError(
+            f"env.task={env.task!r} is not a Gymnasium task"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + f"; its MuJoCo tasks: {', '.join(mujoco)}."
+        )
+
+
 def options_help() -> str:
     """``qsm.py --help``: config.yaml as written (each field with its comment) and each preset's first comment.
 
@@ -467,3 +494,13 @@ def compare_for_resume(saved: dict, current: dict) -> list[tuple[str, object, ob
             "(the checkpoint's config.yaml) or start a new run."
         )
     return changed
+
+
+# The resolvers config.yaml uses: unique default run folders (the process id), named after the task; --help.
+OmegaConf.register_new_resolver("qsm_pid", os.getpid, replace=True)
+OmegaConf.register_new_resolver(
+    "qsm_task_folder",
+    lambda library, domain, task: task if library == "gymnasium" else f"{domain}_{task}",
+    replace=True,
+)
+OmegaConf.register_new_resolver("qsm_help", options_help, replace=True)

@@ -31,7 +31,7 @@ from torchrl_qsm import export_policy, load_actor
 
 from checkpoints import load_checkpoint
 from loop import EVAL_SEED_OFFSET, evaluate_policy
-from utils import make_eval_env, make_logger
+from utils import make_eval_env, make_logger, task_name
 
 # what the command line may set: the checkpoint, where to write, the export, and the evaluation's fields
 OPTIONS = {"checkpoint": None, "output": None, "export": True, "seed": None}
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
         writer.writerow(["episode", "return"])
         writer.writerows(enumerate(returns.tolist()))
     print(
-        f"{cfg.env.domain}-{cfg.env.task}, {saved['config'].get('algorithm', 'QSM')} at frame {saved['frames']}: "
+        f"{task_name(cfg)}, {saved['config'].get('algorithm', 'QSM')} at frame {saved['frames']}: "
         f"return {returns.mean():.1f} +- {returns.std():.1f} over {returns.numel()} episodes ({cfg.eval.mode} chain, "
         f"seed {seed}); {100 * edges:.0f}% of action components on the box edges. Returns: {out / 'returns.csv'}",
         flush=True,

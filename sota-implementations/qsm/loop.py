@@ -35,7 +35,7 @@ from torchrl_qsm import actor_record, edge_fraction
 
 from checkpoints import CHECKPOINT, FORMAT, load_checkpoint, rng_state, RunFolder, save_checkpoint, set_rng_state
 from config import compare_for_resume
-from utils import describe_collection, make_collector, make_replay_buffer, stream_seed
+from utils import describe_collection, make_collector, make_replay_buffer, stream_seed, task_name
 
 EVAL_SEED_OFFSET = 10_000
 RESULT_FIELDS = ["frame", "wall_time", "train_return", "eval_return", "eval_return_std", "eval_edge_fraction"]
@@ -183,12 +183,19 @@ def evaluate_policy(
     env: EnvBase, policy: Callable, max_steps: int, exploration: ExplorationType
 ) -> tuple[torch.Tensor, float]:
     """One episode in each of ``env``'s environments (a batch, stepped together) under ``exploration``, no
-    gradients: the episodes' returns ``[E]`` and the share of action components on the box edges."""
+    gradients: the episodes' returns ``[E]`` and the share of action components on the box edges.
+
+    The batch steps ``max_steps`` times (a DMC episode's length); an episode that ends sooner (a Gymnasium
+    termination) counts up to its end, and what its environment does after its reset is left out.
+    """
     spec = env.action_spec_unbatched
     with set_exploration_type(exploration), torch.no_grad():
-        rollout = env.rollout(max_steps, policy, auto_cast_to_device=True, break_when_any_done=True)
-    returns = rollout["next", "reward"].sum(-2).squeeze(-1)
-    return returns, edge_fraction(rollout["action"].cpu(), spec.space.low.cpu(), spec.space.high.cpu()).item()
+        rollout = env.rollout(max_steps, policy, auto_cast_to_device=True, break_when_any_done=False).cpu()
+    done = rollout["next", "done"].squeeze(-1).long()  # [E, steps]
+    in_episode = (done.cumsum(-1) - done) == 0  # every step up to and including the first end
+    returns = (rollout["next", "reward"].squeeze(-1) * in_episode).sum(-1)
+    edges = edge_fraction(rollout["action"][in_episode], spec.space.low.cpu(), spec.space.high.cpu())
+    return returns, edges.item()
 
 
 def train(
@@ -474,7 +481,7 @@ class Training:
         if self.stop.requested:
             print(f"Stopped at frame {self.frames} ({self.updates} updates); checkpoint written to {path}", flush=True)
             sys.exit(self.stop.exit_code)
-        figure = self.results.plot(f"{self.name} {self.cfg.env.domain}-{self.cfg.env.task}")
+        figure = self.results.plot(f"{self.name} {task_name(self.cfg)}")
         self.eval_env.close()
         print(
             f"Done: {self.frames} frames, {self.updates} updates. "

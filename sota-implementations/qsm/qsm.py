@@ -26,13 +26,13 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
 
 from checkpoints import RunFolder
-from config import options_help, resolve_device, validate_config
+from config import resolve_device, validate_config
 from loop import train
 from utils import (
     compile_enabled,
@@ -44,10 +44,8 @@ from utils import (
     make_optimizers,
     make_qsm_agent,
     set_matmul_kernels,
+    task_name,
 )
-
-OmegaConf.register_new_resolver("qsm_pid", os.getpid, replace=True)  # unique default run folders
-OmegaConf.register_new_resolver("qsm_help", options_help, replace=True)  # qsm.py --help
 
 
 def make_learner(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
@@ -93,7 +91,7 @@ def main(cfg: DictConfig) -> None:
     validate_config(cfg)
     folder = RunFolder(Path(HydraConfig.get().runtime.output_dir), cfg.checkpoint.resume)
     device = resolve_device(cfg.device)
-    print(f"QSM on {cfg.env.domain}-{cfg.env.task}, device {device}; results in {folder.folder}", flush=True)
+    print(f"QSM on {task_name(cfg)}, device {device}; results in {folder.folder}", flush=True)
 
     torch.manual_seed(cfg.env.seed)
     np.random.seed(cfg.env.seed)

@@ -30,6 +30,7 @@ from torchrl.envs import (
     DMControlEnv,
     DoubleToFloat,
     EnvBase,
+    GymEnv,
     InitTracker,
     RewardSum,
     SerialEnv,
@@ -56,36 +57,45 @@ def make_env(
     max_episode_steps: int = 1000,
     from_pixels: bool = False,
     seed: int | None = None,
+    library: str = "dm_control",
 ) -> EnvBase:
-    """A DMC task with flat float32 observations, step counter, episode reward and init tracker.
+    """The task with a flat float32 ``observation``, step counter, episode reward and init tracker.
 
-    ``seed`` seeds the task before its first reset, so the first episode is repeatable too.
+    ``library="dm_control"``: the DMC ``domain``/``task`` (``DMControlEnv``, its observations concatenated);
+    ``"gymnasium"``: the Gymnasium id ``task`` (``GymEnv``; ``domain`` is not used), whose terminations
+    (a fallen Hopper) and truncations TorchRL keeps apart in ``terminated`` and ``truncated``. ``seed`` seeds
+    the task before its first reset, so the first episode is repeatable too.
     """
-    env = DMControlEnv(domain, task, frame_skip=frame_skip, from_pixels=from_pixels, pixels_only=False)
+    if library == "gymnasium":
+        env = GymEnv(task, frame_skip=frame_skip, from_pixels=from_pixels, pixels_only=False)
+        transforms = []
+    else:
+        env = DMControlEnv(domain, task, frame_skip=frame_skip, from_pixels=from_pixels, pixels_only=False)
+        observation_keys = [key for key in env.observation_spec.keys() if key != "pixels"]
+        transforms = [CatTensors(in_keys=observation_keys, out_key="observation")]
     if seed is not None:
         env.set_seed(seed)
-    observation_keys = [key for key in env.observation_spec.keys() if key != "pixels"]
     return TransformedEnv(
-        env,
-        Compose(
-            CatTensors(in_keys=observation_keys, out_key="observation"),
-            InitTracker(),
-            StepCounter(max_episode_steps),
-            DoubleToFloat(),
-            RewardSum(),
-        ),
+        env, Compose(*transforms, InitTracker(), StepCounter(max_episode_steps), DoubleToFloat(), RewardSum())
     )
 
 
 def env_maker(cfg: DictConfig, seed: int | None = None, from_pixels: bool = False) -> functools.partial:
     """A picklable constructor of the configured task (sent to collector processes)."""
     e = cfg.env
-    return functools.partial(make_env, e.domain, e.task, e.frame_skip, e.max_episode_steps, from_pixels, seed)
+    return functools.partial(
+        make_env, e.domain, e.task, e.frame_skip, e.max_episode_steps, from_pixels, seed, library=e.library
+    )
+
+
+def task_name(cfg: DictConfig) -> str:
+    """``cheetah-run`` (DMC) or ``HalfCheetah-v5`` (Gymnasium), for titles and messages."""
+    return cfg.env.task if cfg.env.library == "gymnasium" else f"{cfg.env.domain}-{cfg.env.task}"
 
 
 def rendering_available(cfg: DictConfig) -> bool:
     try:
-        env = DMControlEnv(cfg.env.domain, cfg.env.task, from_pixels=True, pixels_only=False)
+        env = env_maker(cfg, from_pixels=True)()
         env.reset()
         env.close()
         return True
