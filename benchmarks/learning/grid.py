@@ -3,6 +3,7 @@
     python benchmarks/learning/grid.py --frames 50000 --jobs 2                  # this CPU
     python benchmarks/learning/grid.py --frames 1000000 --jobs 8 --device cuda  # a GPU machine
     python benchmarks/learning/grid.py --summarize-only                         # tables and plots again
+    python benchmarks/learning/grid.py --tasks HalfCheetah-v5 Walker2d-v5        # Gymnasium ids work too
 
 Every run is ``sota-implementations/qsm/qsm.py`` for QSM, ``benchmarks/learning/baselines.py`` for
 TorchRL's SAC and TD3: one loop for every algorithm (the script's ``loop.train``: same environments,
@@ -46,11 +47,17 @@ ALGORITHMS = {  # the script and its first arguments
 TASKS = ("cheetah_run", "walker_walk", "cartpole_swingup")
 
 
-def run_overrides(args, algorithm: str, task: str, seed: int, folder: Path) -> list[str]:
+def task_overrides(task: str) -> list[str]:
+    """``cheetah_run`` -> the DMC domain and task; a Gymnasium id (``HalfCheetah-v5``) -> env.library=gymnasium."""
+    if "-v" in task:
+        return ["env.library=gymnasium", f"env.task={task}"]
     domain, name = task.split("_", 1)
+    return [f"env.domain={domain}", f"env.task={name}"]
+
+
+def run_overrides(args, algorithm: str, task: str, seed: int, folder: Path) -> list[str]:
     overrides = [
-        f"env.domain={domain}",
-        f"env.task={name}",
+        *task_overrides(task),
         f"env.seed={seed}",
         f"collector.total_frames={args.frames}",
         f"collector.init_random_frames={args.init_random_frames}",

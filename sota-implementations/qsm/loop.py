@@ -190,11 +190,13 @@ def evaluate_policy(
     """
     spec = env.action_spec_unbatched
     with set_exploration_type(exploration), torch.no_grad():
-        rollout = env.rollout(max_steps, policy, auto_cast_to_device=True, break_when_any_done=False).cpu()
-    done = rollout["next", "done"].squeeze(-1).long()  # [E, steps]
+        rollout = env.rollout(max_steps, policy, auto_cast_to_device=True, break_when_any_done=False)
+    # tensor by tensor: TensorDict.cpu() would show tensordict's type memo a new type, and the compiled update
+    # guards on that memo's size (a 10-20 s recompile after the first evaluation; benchmarks/README.md)
+    done = rollout["next", "done"].squeeze(-1).long().cpu()  # [E, steps]
     in_episode = (done.cumsum(-1) - done) == 0  # every step up to and including the first end
-    returns = (rollout["next", "reward"].squeeze(-1) * in_episode).sum(-1)
-    edges = edge_fraction(rollout["action"][in_episode], spec.space.low.cpu(), spec.space.high.cpu())
+    returns = (rollout["next", "reward"].squeeze(-1).cpu() * in_episode).sum(-1)
+    edges = edge_fraction(rollout["action"].cpu()[in_episode], spec.space.low.cpu(), spec.space.high.cpu())
     return returns, edges.item()
 
 
