@@ -91,7 +91,8 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint_and_it_resumes_with_async_coll
     assert f"at frame {saved['frames']} ({saved['updates']} updates)" in done.stdout
     assert "changed: collector.sync: True -> False" in done.stdout
     final = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert (final["frames"], final["updates"]) == (end, saved["updates"] + 100)
+    # as a run never stopped: one update per frame of every batch from frame 100 on, the owed ones done first
+    assert (final["frames"], final["updates"]) == (end, end - 50)
     assert not ray_processes()
 
 
