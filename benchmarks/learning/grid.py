@@ -4,17 +4,24 @@
     python benchmarks/learning/grid.py --frames 1000000 --jobs 8 --device cuda  # a GPU machine
     python benchmarks/learning/grid.py --summarize-only                         # tables and plots again
     python benchmarks/learning/grid.py --tasks HalfCheetah-v5 Walker2d-v5        # Gymnasium ids work too
+    python benchmarks/learning/grid.py --tasks cartpole_balance --frames 20000 --commit  # commit each CSV
 
 Every run is ``sota-implementations/qsm/qsm.py`` for QSM, ``benchmarks/learning/baselines.py`` for
 TorchRL's SAC and TD3: one loop for every algorithm (the script's ``loop.train``: same environments,
 collector, replay buffer, widths, batch, warm-up and evaluation; only the algorithm differs), each run
-its own process. Runs that finished are skipped; runs that stopped part-way
-resume from their checkpoint. ``--jobs`` runs go in parallel; on a CPU each gets one thread.
+its own process. ``--jobs`` runs go in parallel; on a CPU each gets one thread.
+
+Resumable across machines: a run is skipped when its CSV under ``--out`` (the committed results)
+reaches the budget, or its run folder holds a finished run; a run that stopped part-way resumes
+from its checkpoint when its folder is still there (run folders are not committed, so on another
+machine it starts again). ``--commit`` commits each run's CSV as soon as the run ends, so a grid
+split over sessions or machines loses at most the runs in flight.
 
 Writes under ``--out`` (default benchmarks/results/learning):
   <task>/<algorithm>_seed<k>.csv   frame, wall_time, train_return, eval_return, eval_return_std, eval_edge_fraction
   summary.md, summary.csv          final and area-under-curve eval return per algorithm and task
-                                   (mean and std over seeds), edge fraction, wall time per run
+                                   (mean and std over seeds), edge fraction, wall time per run: every
+                                   task folder under --out, each at its own budget (its longest run)
   <task>.png                       eval return against frames, mean over seeds with a +-std band
   commands.txt                     the exact command of every run
 Run folders (checkpoints, logs) go to ``--runs`` (default outputs/learning, not committed).
@@ -41,6 +48,7 @@ BASELINES = str(ROOT / "benchmarks" / "learning" / "baselines.py")
 ALGORITHMS = {  # the script and its first arguments
     "qsm": QSM,  # the authors' recipe (the default preset)
     "qsm-robust": [*QSM, "diffusion=robust"],
+    "qsm-auto": [*QSM, "diffusion=auto"],
     "sac": [BASELINES, "sac"],
     "td3": [BASELINES, "td3"],
 }
@@ -82,6 +90,28 @@ def finished(folder: Path, frames: int) -> bool:
     return bool(rows) and (folder / "learning_curve.png").is_file() and max(int(r["frame"]) for r in rows) >= frames
 
 
+def reached(csv_path: Path, frames: int) -> bool:
+    """Whether a results CSV holds an evaluation at ``frames`` or later (a run that reached its budget)."""
+    curve = eval_curve(read_rows(csv_path))
+    return bool(curve) and curve[-1][0] >= frames
+
+
+def results_csv(args, algorithm: str, task: str, seed: int) -> Path:
+    return Path(args.out) / task / f"{algorithm}_seed{seed}.csv"
+
+
+def commit(path: Path, message: str) -> None:
+    """``git commit`` of this one file (``--only``: whatever else is staged stays staged); a failure is printed."""
+    repo = subprocess.run(
+        ["git", "-C", str(path.parent), "rev-parse", "--show-toplevel"], capture_output=True, text=True
+    ).stdout.strip()
+    for command in (["git", "-C", repo, "add", str(path)], ["git", "-C", repo, "commit", "-q", "-m", message, "--only", str(path)]):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            print(f"not committed ({shlex.join(command)}): {done.stderr.strip()}", flush=True)
+            return
+
+
 def read_rows(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -91,7 +121,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def launch(args, algorithm: str, task: str, seed: int) -> tuple[str, int, float]:
     folder = Path(args.runs) / task / f"{algorithm}_seed{seed}"
-    if finished(folder, args.frames):
+    if reached(results_csv(args, algorithm, task, seed), args.frames) or finished(folder, args.frames):
         return f"{task} {algorithm} seed {seed}: done before", 0, 0.0
     if folder.is_dir() and not (folder / "checkpoint.pt").is_file():
         shutil.rmtree(folder)  # a run stopped before its first checkpoint: nothing to resume, start again
@@ -107,19 +137,25 @@ def launch(args, algorithm: str, task: str, seed: int) -> tuple[str, int, float]
     start = time.time()
     with open(folder.parent / f"{folder.name}.log", "w") as output:
         code = subprocess.call(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
-    return f"{task} {algorithm} seed {seed}: exit {code}", code, time.time() - start
+    minutes = (time.time() - start) / 60
+    if collect(args, algorithm, task, seed) and args.commit and code == 0:
+        frames = eval_curve(read_rows(results_csv(args, algorithm, task, seed)))[-1][0]
+        commit(
+            results_csv(args, algorithm, task, seed),
+            f"Learning grid: {task} {algorithm} seed {seed}, {frames} frames ({minutes:.0f} min on {args.device})",
+        )
+    return f"{task} {algorithm} seed {seed}: exit {code}", code, minutes * 60
 
 
-def collect(args) -> None:
-    """Copies each run's returns.csv next to the summary."""
-    for task in args.tasks:
-        for algorithm in args.algorithms:
-            for seed in args.seeds:
-                source = Path(args.runs) / task / f"{algorithm}_seed{seed}" / "returns.csv"
-                if source.is_file():
-                    target = Path(args.out) / task / f"{algorithm}_seed{seed}.csv"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(source, target)
+def collect(args, algorithm: str, task: str, seed: int) -> bool:
+    """Copies the run's returns.csv next to the summary; whether there was one."""
+    source = Path(args.runs) / task / f"{algorithm}_seed{seed}" / "returns.csv"
+    if not source.is_file():
+        return False
+    target = results_csv(args, algorithm, task, seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return True
 
 
 def eval_curve(rows: list[dict]) -> list[tuple[int, float, float]]:
@@ -144,13 +180,20 @@ def summarize(args) -> None:
 
     out = Path(args.out)
     table = []
-    for task in args.tasks:
+    folders = {path.parent.name for path in out.glob("*/*_seed*.csv")}
+    tasks = [t for t in TASKS if t in folders] + sorted(folders - set(TASKS))
+    for task in tasks:
+        found = {path.name.rsplit("_seed", 1)[0]: None for path in sorted((out / task).glob("*_seed*.csv"))}
+        algorithms = [a for a in ALGORITHMS if a in found] + [a for a in found if a not in ALGORITHMS]
+        runs_of = {
+            a: [(rows, eval_curve(rows)) for rows in map(read_rows, sorted((out / task).glob(f"{a}_seed*.csv")))]
+            for a in algorithms
+        }
+        budget = max((c[-1][0] for runs in runs_of.values() for _, c in runs if c), default=0)  # its longest run
         fig, ax = plt.subplots(figsize=(6, 4))
-        for algorithm in args.algorithms:
-            runs = [read_rows(out / task / f"{algorithm}_seed{s}.csv") for s in args.seeds]
-            runs = [(rows, eval_curve(rows)) for rows in runs]
-            runs = [(rows, curve) for rows, curve in runs if curve and curve[-1][0] >= args.frames]
-            if not runs:  # only runs that reached the budget count
+        for algorithm in algorithms:
+            runs = [(rows, curve) for rows, curve in runs_of[algorithm] if curve and curve[-1][0] >= budget]
+            if not runs:  # only runs that reached the task's budget count
                 continue
             curves = [curve for _, curve in runs]
             walls = [float(rows[-1]["wall_time"]) for rows, _ in runs]
@@ -247,6 +290,7 @@ def main() -> None:
     parser.add_argument("--runs", default=str(ROOT / "outputs" / "learning"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--commit", action="store_true", help="git commit each run's CSV under --out as it ends")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not args.summarize_only:
@@ -255,8 +299,6 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for message, _, seconds in pool.map(lambda run: launch(args, *run), runs):
                 print(f"{message} ({seconds / 60:.1f} min)", flush=True)
-                collect(args)
-    collect(args)
     summarize(args)
 
 
