@@ -16,6 +16,7 @@ import os
 import socket
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from dm_control import suite
@@ -92,7 +93,8 @@ class NetworkConfig:
 class DiffusionConfig:
     num_steps: int = MISSING
     schedule: str = MISSING
-    alpha: float = MISSING
+    alpha: Any = MISSING  # a number or "auto"
+    alpha_curvature: float = MISSING
     temperature: float = MISSING
     exploration_std: float = MISSING
     policy_noise: float = MISSING

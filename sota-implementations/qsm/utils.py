@@ -174,6 +174,7 @@ def make_loss_module(cfg: DictConfig, actor: DiffusionActor, critic: ValueOperat
         actor,
         critic,
         alpha=d.alpha,
+        alpha_curvature=d.alpha_curvature,
         grad_at=d.grad_at,
         critic_reduction=d.critic_reduction,
         normalize_grad=d.normalize_grad,

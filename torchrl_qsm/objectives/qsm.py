@@ -49,7 +49,35 @@ class QSMLoss(LossModule):
     ``eps_theta`` predicts the noise, which points away from the data, so its target is *minus*
     ``alpha`` times the score target ``grad_a Q``. ``alpha`` is the paper's scale of ``grad_a Q``
     (the authors' ``M_q``): at the fixed point ``pi(a|s) ~ exp(alpha Q(s, a))`` (paper eq. 20), so
-    it acts as an inverse temperature. Only one eps-network evaluation per sample is
+    it acts as an inverse temperature.
+
+    ``alpha="auto"`` sets it from the critic, the way ``SACLoss`` sets its temperature, so that it
+    means the same thing on every task. Near a maximum ``a*`` where ``Q`` has curvature ``kappa``
+    in the action (``Q ~ Q* - kappa/2 |a - a*|^2``), the fixed point ``eps = alpha kappa (x - a*)``
+    makes each of the sampler's steps map a deviation ``d`` to::
+
+        d <- (1 - c_t alpha kappa) d / sqrt(alpha_t),     c_t = beta_t / sqrt(1 - alpha_bar_t)
+
+    (``c_t`` 0.44..0.84 for the authors' T = 5 vp schedule). Below ``alpha kappa ~ 0.7`` the last
+    steps expand deviations, beyond ``~ 3`` they oscillate, and in both cases the clipping leaves
+    the samples on the box edges; in between the chain concentrates at ``a*`` (measured with the
+    exact fixed point, T = 5, 20k samples: ``alpha kappa`` 0.5 / 1 / 1.5 / 2 / 3 / 4 gives mean
+    ``|a - a*|`` 0.50 / 0.30 / 0.18 / 0.08 / 0.21 / 0.51 and 15 / 2 / 0 / 0 / 6 / 42 % of the
+    components on the edges). The auto mode holds ``alpha kappa_hat = alpha_curvature``
+    (default 1.5, halfway into the window, so that states twice as curved as the mean stay
+    below 3) with ``kappa_hat`` the critic's measured curvature::
+
+        kappa_i   = -(g(x_i + h v_i) - g(x_i)) . v_i / h      (v_i a random unit direction, h = 0.1)
+        kappa_hat = EMA over updates of mean_i max(kappa_i, 0)  (rate 0.01, bias-corrected)
+        alpha     = alpha_curvature / kappa_hat               (clamped to [1e-3, 1e4])
+
+    at the first ``curvature_samples`` noised actions ``x_i`` of each batch, in the chain's
+    coordinates, with ``g`` the action gradient of the target below. A finite difference, not a
+    Hessian-vector product: ReLU critics are piecewise linear, their Hessian is zero almost
+    everywhere, while their secant at the chain's scale is what the sampler sees. Updated in
+    closed form on each ``actor_loss`` call (no optimizer); ``log_alpha`` and
+    ``action_curvature`` (``kappa_hat``) are buffers, saved with the state dict, and are written
+    to the loss's output. Only one eps-network evaluation per sample is
     differentiated, never the ``T``-step chain. ``a_t`` and ``g`` live in the chain's coordinates
     (``normalize``/``denormalize`` of the contract: the ``[-1, 1]`` box of
     :class:`~torchrl_qsm.DiffusionActor`), ``g`` taken through ``denormalize``.
@@ -70,8 +98,12 @@ class QSMLoss(LossModule):
         bounds: ``(low, high)`` action bounds (exclusive with ``action_spec``).
         num_qvalue_nets: number of critics (2, as in the paper).
         alpha: the scale of ``grad_a Q`` in the eps target (default 50, the authors' ``M_q``;
-            120 for quadruped_walk and humanoid_walk). With ``normalize_grad`` it is the mean
-            magnitude of the eps target instead (try 1).
+            120 for quadruped_walk and humanoid_walk), or ``"auto"`` (set from the critic's
+            curvature, above). With ``normalize_grad`` it is the mean magnitude of the eps target
+            instead (try 1).
+        alpha_curvature: the product ``alpha * kappa_hat`` that ``alpha="auto"`` holds (default 1.5).
+        curvature_samples: how many transitions of each batch the curvature is measured at
+            (default 64; each costs one more action gradient through the critics).
         grad_at: ``"noised"`` (default, the authors' code: ``grad_a Q`` at ``a_t``) or ``"clean"``
             (at the replay action, as Algorithm 1 is written).
         critic_reduction: ``"mean"`` (default, the authors') or ``"min"`` over critics for ``g``.
@@ -154,6 +186,7 @@ class QSMLoss(LossModule):
         "target_value",
         "next_state_value",
         "next_action_edge_fraction",
+        "alpha",
     ]
 
     actor_network: TensorDictModule
@@ -171,7 +204,9 @@ class QSMLoss(LossModule):
         action_spec: TensorSpec | None = None,
         bounds: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
         num_qvalue_nets: int = 2,
-        alpha: float = 50.0,
+        alpha: float | Literal["auto"] = 50.0,
+        alpha_curvature: float = 1.5,
+        curvature_samples: int = 64,
         grad_at: GradAt = "noised",
         critic_reduction: CriticReduction = "mean",
         normalize_grad: bool = False,
@@ -192,8 +227,16 @@ class QSMLoss(LossModule):
         _check_choice("critic_reduction", critic_reduction, CriticReduction)
         _check_choice("loss_function", loss_function, LossFunction)
         _check_choice("reduction", "mean" if reduction is None else reduction, Reduction)
-        if not (math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha (the scale of grad_a Q) must be finite and > 0, got {alpha}.")
+        self.auto_alpha = alpha == "auto"
+        if self.auto_alpha:
+            if normalize_grad:
+                raise ValueError("alpha='auto' sets the scale of grad_a Q itself; it excludes normalize_grad=True.")
+            if not (math.isfinite(alpha_curvature) and alpha_curvature > 0):
+                raise ValueError(f"alpha_curvature (alpha x the critic's curvature) must be > 0, got {alpha_curvature}.")
+            if curvature_samples < 1:
+                raise ValueError(f"curvature_samples must be >= 1, got {curvature_samples}.")
+        elif isinstance(alpha, str) or not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha (the scale of grad_a Q) must be 'auto' or a finite number > 0, got {alpha!r}.")
         for name, value in (("policy_noise", policy_noise), ("noise_clip", noise_clip)):
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}.")
@@ -205,7 +248,6 @@ class QSMLoss(LossModule):
         self._set_deprecated_ctor_keys(priority=priority_key)
         self.use_prioritized_weights = use_prioritized_weights
         self.reduction = "mean" if reduction is None else reduction
-        self.alpha = alpha
         self.grad_at = grad_at
         self.critic_reduction = critic_reduction
         self.normalize_grad = normalize_grad
@@ -224,7 +266,33 @@ class QSMLoss(LossModule):
         device = next(self.parameters()).device
         self.register_buffer("min_action", low.to(device))
         self.register_buffer("max_action", high.to(device))
+        if self.auto_alpha:
+            self.alpha_curvature = alpha_curvature
+            self.curvature_samples = curvature_samples
+            # kappa_hat = curvature_sum / curvature_weight: an EMA corrected for its start at 0, as Adam's
+            self.register_buffer("curvature_sum", torch.zeros((), device=device))
+            self.register_buffer("curvature_weight", torch.zeros((), device=device))
+            self.register_buffer("log_alpha", torch.zeros((), device=device))
+            self.out_keys = [*self.out_keys, "action_curvature"]
+        else:
+            self._alpha = alpha
         self._make_vmap()
+
+    # auto alpha: see the class docstring
+    CURVATURE_STEP = 0.1  # h, the finite-difference step, in the chain's coordinates
+    CURVATURE_EMA = 0.01  # the EMA's rate per actor_loss call
+    ALPHA_BOUNDS = (1e-3, 1e4)
+
+    @property
+    def alpha(self) -> float | torch.Tensor:
+        """The scale of ``grad_a Q`` in the eps target: the constructor's number, or the auto mode's
+        current value (a 0-dim tensor)."""
+        return self.log_alpha.exp() if self.auto_alpha else self._alpha
+
+    @property
+    def action_curvature(self) -> torch.Tensor:
+        """``kappa_hat`` of the auto mode (0 before its first update)."""
+        return self.curvature_sum / self.curvature_weight.clamp_min(1e-12)
 
     def _make_vmap(self) -> None:
         # Same data, one set of parameters per critic: Q of shape [num_qvalue_nets, *B, 1]. TorchRL's
@@ -374,6 +442,32 @@ class QSMLoss(LossModule):
 
         return torch.func.grad(total_q)(x.detach())
 
+    @torch.no_grad()
+    def _update_alpha(
+        self,
+        tensordict: TensorDictBase,
+        x: torch.Tensor,
+        grad_q: torch.Tensor,
+        to_action: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        """One closed-form step of the auto mode: the secant curvature of ``Q`` at the first
+        ``curvature_samples`` rows of ``x``, folded into ``kappa_hat``; ``log_alpha`` follows."""
+        n = min(self.curvature_samples, x.reshape(-1, x.shape[-1]).shape[0])
+        x = x.reshape(-1, x.shape[-1])[:n]
+        rows = tensordict.reshape(-1)[:n]
+        h = self.CURVATURE_STEP
+        v = torch.randn_like(x)
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        with torch.enable_grad():
+            moved = self._action_gradient(rows, x + h * v, to_action)
+        kappa = -((moved - grad_q.reshape(-1, x.shape[-1])[:n]) * v).sum(-1) / h
+        rate = self.CURVATURE_EMA
+        self.curvature_sum.lerp_(kappa.clamp_min(0).mean(), rate)
+        self.curvature_weight.lerp_(torch.ones_like(self.curvature_weight), rate)
+        low, high = self.ALPHA_BOUNDS
+        alpha = (self.alpha_curvature / self.action_curvature).clamp(low, high)
+        self.log_alpha.copy_(alpha.log())
+
     def _check_loss(self, loss: torch.Tensor, name: str, param_sets: Sequence[str]) -> None:
         """Raises NonFiniteError naming the first non-finite parameter when ``loss`` is not finite."""
         if torch.isfinite(loss).all():
@@ -412,9 +506,12 @@ class QSMLoss(LossModule):
             eps_pred = policy.predict_noise(noised, observation, t)
             x = noised if self.grad_at == "noised" else policy.normalize(action)
             grad_q = self._action_gradient(tensordict, x, policy.denormalize)
+            if self.auto_alpha:
+                self._update_alpha(tensordict, x, grad_q, policy.denormalize)
             alphas_cumprod = policy.alphas_cumprod
         scale = grad_q.abs().mean().clamp_min(1e-8) if self.normalize_grad else 1.0
-        q_score = self.alpha * grad_q / scale
+        alpha = self.alpha
+        q_score = alpha * grad_q / scale
         if self.data_score:  # sigma_t = sqrt(1 - alpha_bar_t), from the contract's alphas_cumprod
             eps_target = noise - (1 - alphas_cumprod[t]).sqrt().unsqueeze(-1) * q_score
         else:
@@ -428,7 +525,10 @@ class QSMLoss(LossModule):
             "grad_q_norm": grad_q.norm(dim=-1).mean(),
             "eps_pred_mean": eps_pred.mean(),
             "eps_pred_std": eps_pred.std(),
+            "alpha": torch.as_tensor(alpha, dtype=grad_q.dtype, device=grad_q.device).detach(),
         }
+        if self.auto_alpha:
+            metrics["action_curvature"] = self.action_curvature.detach()
         self._clear_weakrefs(
             tensordict, "actor_network_params", "qvalue_network_params", "target_qvalue_network_params"
         )
