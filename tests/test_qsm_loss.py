@@ -133,6 +133,89 @@ def test_normalized_gradient_makes_the_actor_target_independent_of_the_critic_sc
     assert losses[100.0, False] > 10 * losses[1.0, False]
 
 
+# --- alpha="auto" --------------------------------------------------------------------------------
+class QuadraticCritic(nn.Module):
+    """Q = -scale |a - a*|^2: curvature 2 * scale along every direction of the action."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.optimum = nn.Parameter(torch.full((ACTION_DIM,), 0.3))
+        self.scale = scale
+
+    def forward(self, observation, action):
+        return -self.scale * (action - self.optimum).pow(2).sum(-1, keepdim=True)
+
+
+def auto_loss(critic_module, **kwargs):
+    critic = ValueOperator(critic_module, in_keys=["observation", "action"])
+    loss = QSMLoss(make_actor(), critic, alpha="auto", **kwargs)
+    pin_critics(loss, critic)
+    return loss
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_auto_alpha_measures_the_critic_curvature_and_holds_alpha_times_curvature(scale):
+    loss = auto_loss(QuadraticCritic(scale))
+    data = make_batch((32,))
+    t, eps = torch.randint(0, 5, (32,)), torch.randn(32, ACTION_DIM)
+    actual, metrics = loss.actor_loss(data, t=t, noise=eps)
+    # the secant of a quadratic is exact: kappa = 2 scale after one batch (the EMA is bias-corrected)
+    assert loss.action_curvature.item() == pytest.approx(2 * scale, rel=1e-4)
+    assert loss.alpha.item() == pytest.approx(1.5 / (2 * scale), rel=1e-4)
+    assert metrics["alpha"] == loss.alpha and metrics["action_curvature"] == loss.action_curvature
+    fixed = QSMLoss(loss.actor_network, loss.qvalue_network, alpha=1.5 / (2 * scale))
+    fixed.load_state_dict({k: v for k, v in loss.state_dict().items() if k in fixed.state_dict()})
+    torch.testing.assert_close(actual, fixed.actor_loss(data, t=t, noise=eps)[0], rtol=1e-4, atol=1e-6)
+
+
+def test_auto_alpha_follows_a_changing_critic_at_the_ema_rate():
+    loss = auto_loss(QuadraticCritic(1.0))
+    data = make_batch((32,))
+    loss.actor_loss(data)  # curvature 2
+    loss.qvalue_network.module.scale = 3.0  # curvature 6 from now on
+    for _ in range(100):
+        loss.actor_loss(data)
+    # an EMA of rate 0.01 that started at 0, divided by its weight 1 - 0.99^calls (Adam's correction)
+    weight = 1 - 0.99**101
+    expected = (0.99**100 * 0.01 * 2 + (1 - 0.99**100) * 6) / weight
+    assert loss.action_curvature.item() == pytest.approx(expected, rel=1e-3)
+    assert loss.alpha.item() == pytest.approx(1.5 / expected, rel=1e-3)
+
+
+def test_auto_alpha_on_a_flat_critic_stays_finite_at_its_upper_bound():
+    class Linear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(ACTION_DIM))
+
+        def forward(self, observation, action):
+            return (action * self.w).sum(-1, keepdim=True)
+
+    loss = auto_loss(Linear())
+    out = loss(make_batch((16,)))
+    assert loss.action_curvature.item() == pytest.approx(0.0, abs=1e-4)
+    assert out["alpha"].item() == pytest.approx(QSMLoss.ALPHA_BOUNDS[1])
+    assert torch.isfinite(out["loss_actor"])
+
+
+def test_auto_alpha_state_is_saved_and_restored_with_the_loss():
+    loss = auto_loss(QuadraticCritic(4.0))
+    loss.actor_loss(make_batch((16,)))
+    state = loss.state_dict()
+    assert {"log_alpha", "curvature_sum", "curvature_weight"} <= set(state)
+    restored = auto_loss(QuadraticCritic(4.0))
+    restored.load_state_dict(state)
+    assert restored.alpha == loss.alpha and restored.action_curvature == loss.action_curvature
+    assert set(loss(make_batch((16,))).keys()) == set(loss.out_keys)
+
+
+def test_a_fixed_alpha_is_reported_and_keeps_no_auto_state():
+    loss = make_loss(alpha=7.0)
+    out = loss(make_batch((8,)))
+    assert out["alpha"].item() == 7.0 and "action_curvature" not in out.keys()
+    assert "log_alpha" not in loss.state_dict()
+
+
 # --- the TD3 checklist --------------------------------------------------------------------------
 def test_each_loss_reaches_only_its_own_parameters_and_targets_get_none():
     loss = make_loss()
@@ -428,11 +511,17 @@ def test_the_finite_check_can_be_turned_off():
 
 
 def test_bad_options_are_refused_with_their_names():
-    with pytest.raises(ValueError, match="alpha .* must be finite and > 0"):
+    with pytest.raises(ValueError, match="alpha .* must be 'auto' or a finite number > 0, got 0.0"):
         make_loss(alpha=0.0)
-    for bad in (-1.0, float("inf"), float("nan")):
+    for bad in (-1.0, float("inf"), float("nan"), "Auto"):
         with pytest.raises(ValueError, match="alpha"):
             make_loss(alpha=bad)
+    with pytest.raises(ValueError, match="alpha='auto' .* excludes normalize_grad=True"):
+        make_loss(alpha="auto", normalize_grad=True)
+    with pytest.raises(ValueError, match="alpha_curvature .* must be > 0"):
+        make_loss(alpha="auto", alpha_curvature=0.0)
+    with pytest.raises(ValueError, match="curvature_samples must be >= 1"):
+        make_loss(alpha="auto", curvature_samples=0)
     for bad in (-0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="policy_noise must be finite and >= 0"):
             make_loss(policy_noise=bad)

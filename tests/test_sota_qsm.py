@@ -195,8 +195,9 @@ def test_a_field_of_the_wrong_type_is_refused_by_the_schema():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["diffusion.alpha=-1"], "alpha (the scale of grad_a Q) must be finite and > 0, got -1.0"),
-        (["diffusion.alpha=inf"], "alpha (the scale of grad_a Q) must be finite and > 0, got inf"),
+        (["diffusion.alpha=-1"], "alpha (the scale of grad_a Q) must be 'auto' or a finite number > 0, got -1"),
+        (["diffusion.alpha=inf"], "alpha (the scale of grad_a Q) must be 'auto' or a finite number > 0, got inf"),
+        (["diffusion.alpha=Auto"], "must be 'auto' or a finite number > 0, got 'Auto'"),
         (["diffusion.policy_noise=nan"], "policy_noise must be finite and >= 0, got nan"),
         (["diffusion.num_steps=0"], "num_steps (T) must be an integer >= 1, got 0"),
         (["diffusion.schedule=quadratic"], "Unknown noise schedule 'quadratic'"),
@@ -217,7 +218,7 @@ def test_bad_library_options_fail_before_training_with_the_library_s_message(tmp
 def test_bad_configuration_fails_before_training(tmp_path):
     done = run_script(tmp_path, "diffusion.alpha=-1", check=False)
     assert done.returncode != 0
-    assert "alpha (the scale of grad_a Q) must be finite and > 0" in done.stderr
+    assert "alpha (the scale of grad_a Q) must be 'auto' or a finite number > 0" in done.stderr
     assert not (tmp_path / "returns.csv").exists() and not (tmp_path / "checkpoint.pt").exists()
 
 

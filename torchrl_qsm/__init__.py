@@ -12,12 +12,21 @@ from torchrl_qsm.diffusion import (
     StepConditionedNetwork,
 )
 from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_shapes
-from torchrl_qsm.modules import actor_record, DiffusionActor, DiffusionPolicy, export_policy, load_actor, save_actor
+from torchrl_qsm.modules import (
+    actor_record,
+    BestOfNActor,
+    DiffusionActor,
+    DiffusionPolicy,
+    export_policy,
+    load_actor,
+    save_actor,
+)
 from torchrl_qsm.objectives import QSMLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BestOfNActor",
     "DiffusionActor",
     "DiffusionPolicy",
     "DiffusionPolicyModule",

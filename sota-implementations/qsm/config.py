@@ -108,6 +108,7 @@ class EvalConfig:
     interval: int = MISSING
     episodes: int = MISSING
     mode: str = MISSING
+    best_of_n: int = MISSING
     video: bool = MISSING
 
 
@@ -163,7 +164,8 @@ COLLECTOR_BACKENDS = dict.fromkeys(["local", "multiprocess", "ray"])
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 # Fields a resumed run must keep: the shapes of the networks, the replay buffer and the data, and
-# what the saved weights mean. Every other field may change at resume (printed).
+# what the saved weights mean; and diffusion.alpha between auto and a number (_structural). Every
+# other field may change at resume (printed).
 STRUCTURAL_FIELDS = (
     "algorithm",
     "env.library",
@@ -344,6 +346,12 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
             ["eval.interval", "eval.episodes"],
             "eval.interval and eval.episodes must be >= 1",
         ),
+        (cfg.eval.best_of_n >= 1, ["eval.best_of_n"], "eval.best_of_n must be >= 1 (1: no best-of-N evaluation)"),
+        (
+            cfg.eval.best_of_n == 1 or cfg.eval.mode == "stochastic",
+            ["eval.best_of_n", "eval.mode"],
+            "eval.best_of_n > 1 ranks N chain samples, which eval.mode=deterministic makes one: use eval.mode=stochastic",
+        ),
         (
             cfg.checkpoint.interval >= 1,
             ["checkpoint.interval"],
@@ -473,6 +481,12 @@ def flatten(config: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def _structural(key: str, old: object, new: object) -> bool:
+    if key == "diffusion.alpha":  # alpha=auto holds state (its curvature estimate) that a fixed alpha has not
+        return (old == "auto") != (new == "auto")
+    return any(key == s or key.startswith(s + ".") for s in STRUCTURAL_FIELDS)
+
+
 def compare_for_resume(saved: dict, current: dict) -> list[tuple[str, object, object]]:
     """The fields that differ between a checkpoint's config and this run's, as ``(field, saved, now)``.
 
@@ -483,11 +497,7 @@ def compare_for_resume(saved: dict, current: dict) -> list[tuple[str, object, ob
         (key, before.get(key, "<absent>"), after.get(key, "<absent>")) for key in sorted(before.keys() | after.keys())
     ]
     changed = [(key, old, new) for key, old, new in changed if old != new and key != "checkpoint.resume"]
-    structural = [
-        (key, old, new)
-        for key, old, new in changed
-        if any(key == s or key.startswith(s + ".") for s in STRUCTURAL_FIELDS)
-    ]
+    structural = [(key, old, new) for key, old, new in changed if _structural(key, old, new)]
     if structural:
         raise ValueError(
             "The checkpoint cannot be resumed with this configuration: "

@@ -38,7 +38,17 @@ from config import compare_for_resume
 from utils import describe_collection, make_collector, make_replay_buffer, stream_seed, task_name
 
 EVAL_SEED_OFFSET = 10_000
-RESULT_FIELDS = ["frame", "wall_time", "train_return", "eval_return", "eval_return_std", "eval_edge_fraction"]
+RESULT_FIELDS = [
+    "frame",
+    "wall_time",
+    "train_return",
+    "eval_return",
+    "eval_return_std",
+    "eval_edge_fraction",
+    "eval_best_of_n_return",  # eval.best_of_n > 1: the critic-ranked policy's evaluation, next to the plain one
+    "eval_best_of_n_return_std",
+    "eval_best_of_n_edge_fraction",
+]
 
 
 class Results:
@@ -64,7 +74,7 @@ class Results:
         import matplotlib.pyplot as plt
 
         def series(key):
-            points = [(r["frame"], r[key]) for r in self.rows if r[key] != ""]
+            points = [(r["frame"], r[key]) for r in self.rows if r.get(key, "") != ""]
             return [p[0] for p in points], [p[1] for p in points]
 
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -73,6 +83,10 @@ class Results:
         frames, evals = series("eval_return")
         _, spread = series("eval_return_std")
         ax.errorbar(frames, evals, yerr=spread, marker="o", capsize=3, label="eval (mean +- std)")
+        frames, evals = series("eval_best_of_n_return")
+        if frames:
+            _, spread = series("eval_best_of_n_return_std")
+            ax.errorbar(frames, evals, yerr=spread, marker="s", capsize=3, label="eval, best of N (mean +- std)")
         ax.set_xlabel("environment frames")
         ax.set_ylabel("episode return")
         ax.set_title(title)
@@ -213,17 +227,23 @@ def train(
     learn: Callable[[TensorDict], TensorDict],
     state: dict[str, object],
     eval_exploration: ExplorationType,
+    best_of_n_policy: Callable | None = None,
 ) -> None:
     """Trains until ``collector.total_frames`` or a stop signal (then exits with 130 / 143).
 
     ``learn(batch)`` takes one replay batch and returns the update's detached metrics (``loss_*``
     among them); ``state`` maps names to what a checkpoint holds (``state_dict``/``load_state_dict``);
-    ``policy`` is evaluated under ``eval_exploration``, ``exploration_policy`` collects. ``folder`` is
+    ``policy`` is evaluated under ``eval_exploration``, ``exploration_policy`` collects. With
+    ``eval.best_of_n > 1``, ``best_of_n_policy`` (the best of N samples of ``policy`` as the critic
+    ranks them) is evaluated after ``policy`` at each evaluation, on episodes of its own. ``folder`` is
     claimed before anything is written into it (``RunFolder``).
     """
+    if cfg.eval.best_of_n > 1 and best_of_n_policy is None:
+        raise ValueError(f"eval.best_of_n={cfg.eval.best_of_n}: the {name} script has no critic-ranked policy; use 1.")
+    best_of_n_policy = best_of_n_policy if cfg.eval.best_of_n > 1 else None
     Training(
         cfg, folder, name, device, logger, eval_env, policy, exploration_policy, learn, state, eval_exploration
-    ).run()
+    ).run(best_of_n_policy)
 
 
 class Training:
@@ -358,25 +378,28 @@ class Training:
 
     def evaluate(self) -> None:
         self.stop.phase = "evaluation"
-        with timeit("eval"):
-            returns, edges = evaluate_policy(
-                self.eval_env, self.policy, self.cfg.env.max_episode_steps, self.eval_exploration
+        policies = {"": self.policy}
+        if self.best_of_n_policy is not None:
+            policies["best_of_n_"] = self.best_of_n_policy
+        row = {}
+        for prefix, policy in policies.items():
+            with timeit("eval"):
+                returns, edges = evaluate_policy(
+                    self.eval_env, policy, self.cfg.env.max_episode_steps, self.eval_exploration
+                )
+            row[f"eval_{prefix}return"], row[f"eval_{prefix}return_std"] = returns.mean().item(), returns.std().item()
+            row[f"eval_{prefix}edge_fraction"] = edges
+            which = f", best of {self.cfg.eval.best_of_n} samples (critic-ranked)" if prefix else ""
+            tqdm.tqdm.write(
+                f"[eval] frame {self.frames}{which}: return {returns.mean():.1f} +- {returns.std():.1f} over "
+                f"{returns.numel()} episodes; {100 * edges:.0f}% of action components on the box edges"
             )
-        self.results.add(
-            frame=self.frames,
-            wall_time=self.wall_time(),
-            eval_return=returns.mean().item(),
-            eval_return_std=returns.std().item(),
-            eval_edge_fraction=edges,
-        )
-        self.last_eval, self.last_eval_return = self.frames, returns.mean().item()
-        tqdm.tqdm.write(
-            f"[eval] frame {self.frames}: return {returns.mean():.1f} +- {returns.std():.1f} over {returns.numel()} "
-            f"episodes; {100 * edges:.0f}% of action components on the box edges"
-        )
+            if self.logger is not None:
+                self.logger.log_scalar(f"eval/{prefix}return", returns.mean().item(), step=self.frames)
+                self.logger.log_scalar(f"eval/{prefix}edge_fraction", edges, step=self.frames)
+        self.results.add(frame=self.frames, wall_time=self.wall_time(), **row)
+        self.last_eval, self.last_eval_return = self.frames, row["eval_return"]
         if self.logger is not None:
-            self.logger.log_scalar("eval/return", returns.mean().item(), step=self.frames)
-            self.logger.log_scalar("eval/edge_fraction", edges, step=self.frames)
             self.eval_env.apply(lambda module: module.dump() if hasattr(module, "dump") else None)
 
     def scheduled_work(self) -> None:
@@ -422,7 +445,8 @@ class Training:
             self.stop.install()
 
     # --- the run ---------------------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self, best_of_n_policy: Callable | None = None) -> None:
+        self.best_of_n_policy = best_of_n_policy
         self.stop.install()
         self.start = time.perf_counter()
         if self.run_folder.removed_partials:

@@ -31,6 +31,8 @@ from tensordict import TensorDict
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
 
+from torchrl_qsm import BestOfNActor
+
 from checkpoints import RunFolder
 from config import resolve_device, validate_config
 from loop import train
@@ -83,7 +85,10 @@ def make_learner(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
         "actor_lr_schedule": actor_lr_schedule,
         "target_updater": target_updater,
     }
-    return dict(policy=actor, exploration_policy=exploration_policy, learn=learn, state=state)
+    best_of_n = BestOfNActor(actor, loss.state_action_value, cfg.eval.best_of_n)
+    return dict(
+        policy=actor, exploration_policy=exploration_policy, learn=learn, state=state, best_of_n_policy=best_of_n
+    )
 
 
 @hydra.main(version_base="1.3", config_path="", config_name="config")

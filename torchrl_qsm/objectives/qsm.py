@@ -424,6 +424,14 @@ class QSMLoss(LossModule):
         critic_input = tensordict.select(*self.qvalue_network.in_keys, strict=False)
         return self._vmap_qvalue_networkN0(critic_input, params).get(self.tensor_keys.state_action_value)
 
+    @torch.no_grad()
+    def state_action_value(self, tensordict: TensorDictBase) -> torch.Tensor:
+        """``Q(s, a)`` as the actor's target sees it: the mean (``critic_reduction="min"``: the min)
+        over the critics, ``[*B, 1]``, no gradients; e.g. the ranking of
+        :class:`~torchrl_qsm.BestOfNActor`."""
+        q = self._critics(tensordict, self.qvalue_network_params)
+        return q.mean(0) if self.critic_reduction == "mean" else q.min(0).values
+
     def _action_gradient(
         self, tensordict: TensorDictBase, x: torch.Tensor, to_action: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
