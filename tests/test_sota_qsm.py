@@ -265,9 +265,23 @@ def test_the_faithful_preset_states_the_library_defaults():
 
 def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_policy(tmp_path):
     # compile.compile wraps the update in torch.compile; compile.policy is the Collector's compile_policy.
-    # (with optim.bf16_matmuls too: the update's autocast runs under the compiled update)
-    run_script(tmp_path, "compile.compile=true", "compile.policy=true", "optim.bf16_matmuls=true")
+    # (with optim.bf16_matmuls too: the update's autocast runs under the compiled update; with alpha=auto,
+    # whose buffers the compiled update writes, and the best-of-N evaluation)
+    run_script(
+        tmp_path,
+        "compile.compile=true",
+        "compile.policy=true",
+        "optim.bf16_matmuls=true",
+        "diffusion=auto",
+        "eval.best_of_n=3",
+        "logger.backend=csv",
+    )
     assert_results(tmp_path, final_frame=200)
+    evaluations = [row for row in read_returns(tmp_path) if row["eval_return"]]
+    assert all(row["eval_best_of_n_return"] and row["eval_best_of_n_edge_fraction"] for row in evaluations)
+    (alpha_log,) = tmp_path.glob("logs/*/scalars/train/alpha.csv")
+    alphas = [float(line.split(",")[1]) for line in alpha_log.read_text().split()]
+    assert len(set(alphas)) == len(alphas) and all(0 < a < 1e4 for a in alphas)  # it moves, inside its bounds
     utils = script_module("utils")
     for flag in (False, True):
         cfg = compose_config(*TINY, f"compile.policy={str(flag).lower()}")
