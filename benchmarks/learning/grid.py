@@ -18,9 +18,12 @@ machine it starts again). ``--commit`` commits each run's CSV as soon as the run
 split over sessions or machines loses at most the runs in flight.
 
 Writes under ``--out`` (default benchmarks/results/learning):
-  <task>/<algorithm>_seed<k>.csv   frame, wall_time, train_return, eval_return, eval_return_std, eval_edge_fraction
+  <task>/<algorithm>_seed<k>.csv   each run's returns.csv: frame, wall_time, train_return, eval_return,
+                                   eval_return_std, eval_edge_fraction (and eval_best_of_n_* with
+                                   --set eval.best_of_n=N)
   summary.md, summary.csv          final and area-under-curve eval return per algorithm and task
-                                   (mean and std over seeds), edge fraction, wall time per run: every
+                                   (mean and std over seeds), edge fraction (mean over evaluations
+                                   and final), final best-of-N return, wall time per run: every
                                    task folder under --out, each at its own budget (its longest run)
   <task>.png                       eval return against frames, mean over seeds with a +-std band
   commands.txt                     the exact command of every run
@@ -201,6 +204,8 @@ def summarize(args) -> None:
             # area under the eval curve, normalised by the frames it spans: the mean return over training
             auc = [statistics.fmean(point[1] for point in c) for c in curves]
             edges = [statistics.fmean(point[2] for point in c) for c in curves]
+            # eval.best_of_n runs: the critic-ranked evaluation at the final frame, where the run has one
+            best = [float(rows[-1]["eval_best_of_n_return"]) for rows, _ in runs if rows[-1].get("eval_best_of_n_return")]
             table.append(
                 {
                     "task": task,
@@ -210,6 +215,8 @@ def summarize(args) -> None:
                     "final": mean_std(final),
                     "auc": mean_std(auc),
                     "edge_fraction": mean_std(edges),
+                    "final_edge_fraction": mean_std([c[-1][2] for c in curves]),
+                    "best_of_n": (*mean_std(best), len(best)),
                     "wall_minutes": statistics.fmean(walls) / 60,
                 }
             )
@@ -231,15 +238,19 @@ def summarize(args) -> None:
     def fmt(pair):
         return f"{pair[0]:.1f} +- {pair[1]:.1f}"
 
+    def fmt_best(best):
+        return f"{fmt(best)} ({best[2]} seeds)" if best[2] else "-"
+
     lines = [
         "| task | algorithm | seeds | frames | final eval return | mean eval return (AUC) | edge fraction "
-        "| minutes per run |",
-        "|---|---|---|---|---|---|---|---|",
+        "(mean / final) | final best-of-N return | minutes per run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
         lines.append(
             f"| {row['task']} | {row['algorithm']} | {row['seeds']} | {row['frames']} | {fmt(row['final'])} | "
-            f"{fmt(row['auc'])} | {row['edge_fraction'][0]:.2f} | {row['wall_minutes']:.0f} |"
+            f"{fmt(row['auc'])} | {row['edge_fraction'][0]:.2f} / {row['final_edge_fraction'][0]:.2f} | "
+            f"{fmt_best(row['best_of_n'])} | {row['wall_minutes']:.0f} |"
         )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     with open(out / "summary.csv", "w", newline="") as f:
@@ -255,6 +266,10 @@ def summarize(args) -> None:
                 "auc_mean",
                 "auc_std",
                 "edge_fraction",
+                "final_edge_fraction",
+                "best_of_n_final_mean",
+                "best_of_n_final_std",
+                "best_of_n_seeds",
                 "wall_minutes",
             ]
         )
@@ -268,6 +283,8 @@ def summarize(args) -> None:
                     *r["final"],
                     *r["auc"],
                     r["edge_fraction"][0],
+                    r["final_edge_fraction"][0],
+                    *r["best_of_n"],
                     r["wall_minutes"],
                 ]
             )
