@@ -255,7 +255,16 @@ def test_the_faithful_preset_states_the_library_defaults():
         **{k: v.default for k, v in inspect.signature(QSMLoss).parameters.items()},
         **{k: v.default for k, v in inspect.signature(DiffusionActor).parameters.items()},
     }
-    for name in ("alpha", "alpha_curvature", "grad_at", "critic_reduction", "normalize_grad", "policy_noise", "num_steps", "temperature"):
+    for name in (
+        "alpha",
+        "alpha_curvature",
+        "grad_at",
+        "critic_reduction",
+        "normalize_grad",
+        "policy_noise",
+        "num_steps",
+        "temperature",
+    ):
         assert preset[name] == defaults[name], name
     assert (
         preset.schedule == "vp"

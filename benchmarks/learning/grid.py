@@ -108,7 +108,10 @@ def commit(path: Path, message: str) -> None:
     repo = subprocess.run(
         ["git", "-C", str(path.parent), "rev-parse", "--show-toplevel"], capture_output=True, text=True
     ).stdout.strip()
-    for command in (["git", "-C", repo, "add", str(path)], ["git", "-C", repo, "commit", "-q", "-m", message, "--only", str(path)]):
+    for command in (
+        ["git", "-C", repo, "add", str(path)],
+        ["git", "-C", repo, "commit", "-q", "-m", message, "--only", str(path)],
+    ):
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             print(f"not committed ({shlex.join(command)}): {done.stderr.strip()}", flush=True)
@@ -205,7 +208,9 @@ def summarize(args) -> None:
             auc = [statistics.fmean(point[1] for point in c) for c in curves]
             edges = [statistics.fmean(point[2] for point in c) for c in curves]
             # eval.best_of_n runs: the critic-ranked evaluation at the final frame, where the run has one
-            best = [float(rows[-1]["eval_best_of_n_return"]) for rows, _ in runs if rows[-1].get("eval_best_of_n_return")]
+            best = [
+                float(rows[-1]["eval_best_of_n_return"]) for rows, _ in runs if rows[-1].get("eval_best_of_n_return")
+            ]
             table.append(
                 {
                     "task": task,

@@ -350,7 +350,8 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
         (
             cfg.eval.best_of_n == 1 or cfg.eval.mode == "stochastic",
             ["eval.best_of_n", "eval.mode"],
-            "eval.best_of_n > 1 ranks N chain samples, which eval.mode=deterministic makes one: use eval.mode=stochastic",
+            "eval.best_of_n > 1 ranks N chain samples, which eval.mode=deterministic makes one sample: "
+            "use eval.mode=stochastic",
         ),
         (
             cfg.checkpoint.interval >= 1,

@@ -232,7 +232,9 @@ class QSMLoss(LossModule):
             if normalize_grad:
                 raise ValueError("alpha='auto' sets the scale of grad_a Q itself; it excludes normalize_grad=True.")
             if not (math.isfinite(alpha_curvature) and alpha_curvature > 0):
-                raise ValueError(f"alpha_curvature (alpha x the critic's curvature) must be > 0, got {alpha_curvature}.")
+                raise ValueError(
+                    f"alpha_curvature (alpha x the critic's curvature) must be > 0, got {alpha_curvature}."
+                )
             if curvature_samples < 1:
                 raise ValueError(f"curvature_samples must be >= 1, got {curvature_samples}.")
         elif isinstance(alpha, str) or not (math.isfinite(alpha) and alpha > 0):
