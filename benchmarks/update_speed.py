@@ -12,6 +12,8 @@ rounds and the spread (min-max). Candidates:
 - ``qsm``: torchrl_qsm's QSMLoss + DiffusionActor, as the training script builds them
   (``make_learner`` of sota-implementations/qsm/qsm.py with its defaults: T = 5, vp schedule, mish
   eps-network, ReLU critics, fused Adam);
+- ``qsm-auto``: the same with ``diffusion=auto`` (``QSMLoss(alpha="auto")``: one more action gradient
+  through the critics, on 64 transitions of the batch, to measure their curvature);
 - ``qsm-bf16``: the same with ``optim.bf16_matmuls`` (autocast: matmuls in bf16, schedule, losses and
   optimizer in fp32);
 - ``qsm-unchecked``: ``qsm`` with ``QSMLoss(check_finite=False)`` (on CPU the default checks every
@@ -105,6 +107,7 @@ def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict
     sac_agent, td3_agent = sac(cfg, env, device), td3(cfg, env, device)
     out = {
         "qsm": (qsm["learn"], qsm["policy"]),
+        "qsm-auto": (make_learner(script_config(width, device, "diffusion=auto"), env, device)["learn"], None),
         "qsm-bf16": (make_learner(script_config(width, device, "optim.bf16_matmuls=true"), env, device)["learn"], None),
         "qsm-unchecked": (unchecked["learn"], None),
         "qsm-reference": (reference_update, None),
@@ -222,7 +225,7 @@ def main() -> None:
     parser.add_argument(
         "--compile",
         nargs="*",
-        default=["qsm", "qsm-bf16", "sac", "td3"],
+        default=["qsm", "qsm-auto", "qsm-bf16", "sac", "td3"],
         metavar="NAME",
         help="candidates to also time under torch.compile (none: --compile with no name)",
     )
@@ -276,6 +279,14 @@ def main() -> None:
             f"median {statistics.median(paired):.2f}, spread {paired[0]:.2f}-{paired[-1]:.2f}"
         )
         print(f"  fast QSM vs straightforward eager QSM: {median['qsm-reference'] / median['qsm']:.2f}x faster")
+        for name in ("qsm-auto", "qsm-auto-compiled"):
+            base = name.replace("-auto", "")
+            if name in times and base in times:
+                within = sorted(a / q for a, q in zip(times[name], times[base]))
+                print(
+                    f"  alpha=auto's cost ({name} / {base}, within rounds): median {statistics.median(within):.3f}, "
+                    f"spread {within[0]:.3f}-{within[-1]:.3f}"
+                )
         checked = sorted(c / u for c, u in zip(times["qsm"], times["qsm-unchecked"]))
         print(
             "  QSMLoss's finite check (check_finite on / off, within rounds): "
