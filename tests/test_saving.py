@@ -107,6 +107,30 @@ def test_evaluate_py_rebuilds_the_run_from_its_checkpoint_and_exports_it(tiny_ru
     torch.testing.assert_close(program(observation, torch.randn(T + 1, 2, 1)), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_evaluate_py_best_of_n_ranks_with_the_checkpoint_s_critics_on_the_same_episodes(tiny_run, tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT_DIR / "evaluate.py"),
+            f"checkpoint={tiny_run / 'checkpoint.pt'}",
+            "eval.episodes=2",
+            "eval.best_of_n=4",
+            "export=false",
+            f"output={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "QSM at frame 200: return" in done.stdout  # the plain evaluation, always
+    assert "QSM at frame 200 (best of 4 samples, critic-ranked): return" in done.stdout
+    with open(tmp_path / "returns.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(row["return"] and row["best_of_n_return"] for row in rows)
+
+
 def test_load_actor_reads_the_trained_weights_from_a_checkpoint_of_the_script(tiny_run):
     saved = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
     trained = TensorDict(saved["state"]["loss"]).unflatten_keys(".")["actor_network_params"]

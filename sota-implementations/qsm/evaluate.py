@@ -3,10 +3,13 @@
     python sota-implementations/qsm/evaluate.py checkpoint=outputs/.../checkpoint.pt
     python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.episodes=50 eval.mode=deterministic
     python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.video=true output=DIR
+    python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.best_of_n=16   # also the critic-ranked best of 16
 
 The task and its settings come from the checkpoint's config; the actor from the checkpoint itself
 (``torchrl_qsm.load_actor``). Writes into ``output`` (default: ``evaluation/`` beside the checkpoint):
-``returns.csv`` (one row per episode, its return; the share of action components on the box edges is printed),
+``returns.csv`` (one row per episode, its return; the share of action components on the box edges is printed;
+with ``eval.best_of_n=N > 1`` also the return of the best of N chain samples as the checkpoint's critics rank
+them, on the same episodes, next to the plain one),
 ``policy.pt2`` (the sampler as a ``torch.export`` program, ``torchrl_qsm.export_policy``; ``export=false``
 skips it) and, with ``eval.video=true``, the videos under ``logs/``.
 """
@@ -24,18 +27,19 @@ import sys
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torchrl.envs.utils import ExplorationType
 
-from torchrl_qsm import export_policy, load_actor
+from torchrl_qsm import BestOfNActor, export_policy, load_actor
 
 from checkpoints import load_checkpoint
 from loop import EVAL_SEED_OFFSET, evaluate_policy
-from utils import make_eval_env, make_logger, task_name
+from utils import make_critic, make_eval_env, make_logger, make_loss_module, task_name
 
 # what the command line may set: the checkpoint, where to write, the export, and the evaluation's fields
 OPTIONS = {"checkpoint": None, "output": None, "export": True, "seed": None}
-EVAL_FIELDS = ("eval.episodes", "eval.mode", "eval.video")
+EVAL_FIELDS = ("eval.episodes", "eval.mode", "eval.video", "eval.best_of_n")
 
 
 def parse(argv: list[str]) -> tuple[dict, dict]:
@@ -58,7 +62,10 @@ def main(argv: list[str]) -> None:
     path = Path(options["checkpoint"])
     saved = load_checkpoint(path, torch.device("cpu"))  # verified against its checksum
     config = {k: v for k, v in saved["config"].items() if k != "algorithm"}
-    cfg = OmegaConf.create(config)
+    # today's defaults under the checkpoint's values: a checkpoint older than a field still evaluates
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent), version_base="1.3"):
+        defaults = OmegaConf.to_container(compose("config"), resolve=False)
+    cfg = OmegaConf.merge(OmegaConf.create({k: v for k, v in defaults.items() if k != "hydra"}), config)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     out = Path(options["output"] or path.parent / "evaluation")
@@ -67,25 +74,48 @@ def main(argv: list[str]) -> None:
     actor = load_actor(path)
     env = make_eval_env(cfg, make_logger(cfg, out, "eval") if cfg.eval.video else None)
     seed = options["seed"] if options["seed"] is not None else cfg.env.seed + EVAL_SEED_OFFSET
-    env.set_seed(seed)
     mode = ExplorationType.DETERMINISTIC if cfg.eval.mode == "deterministic" else ExplorationType.RANDOM
-    returns, edges = evaluate_policy(env, actor, cfg.env.max_episode_steps, mode)
+    policies = {"": actor}
+    if cfg.eval.best_of_n > 1:
+        policies[f" (best of {cfg.eval.best_of_n} samples, critic-ranked)"] = best_of_n_policy(
+            cfg, saved, actor, env, mode
+        )
+    results = {}
+    for name, policy in policies.items():
+        env.set_seed(seed)  # the same episodes for each
+        results[name] = evaluate_policy(env, policy, cfg.env.max_episode_steps, mode)
     env.apply(lambda module: module.dump() if hasattr(module, "dump") else None)  # the videos, if recorded
     env.close()
 
+    returns = [r for r, _ in results.values()]  # the plain evaluation first, then the best of N
+    columns = ["return", "best_of_n_return"][: len(returns)]
     with open(out / "returns.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["episode", "return"])
-        writer.writerows(enumerate(returns.tolist()))
-    print(
-        f"{task_name(cfg)}, {saved['config'].get('algorithm', 'QSM')} at frame {saved['frames']}: "
-        f"return {returns.mean():.1f} +- {returns.std():.1f} over {returns.numel()} episodes ({cfg.eval.mode} chain, "
-        f"seed {seed}); {100 * edges:.0f}% of action components on the box edges. Returns: {out / 'returns.csv'}",
-        flush=True,
-    )
+        writer.writerow(["episode", *columns])
+        writer.writerows([i, *row] for i, row in enumerate(zip(*(r.tolist() for r in returns))))
+    for name, (returns, edges) in results.items():
+        print(
+            f"{task_name(cfg)}, {saved['config'].get('algorithm', 'QSM')} at frame {saved['frames']}{name}: "
+            f"return {returns.mean():.1f} +- {returns.std():.1f} over {returns.numel()} episodes ({cfg.eval.mode} "
+            f"chain, seed {seed}); {100 * edges:.0f}% of action components on the box edges",
+            flush=True,
+        )
+    print(f"Returns: {out / 'returns.csv'}", flush=True)
     if options["export"]:
         program = export_policy(actor, out / "policy.pt2")
         print(f"Exported the policy: {program} (torch.export; observation, noise -> action)", flush=True)
+
+
+def best_of_n_policy(cfg, saved: dict, actor, env, mode: ExplorationType) -> BestOfNActor:
+    """The best of ``eval.best_of_n`` chain samples as the checkpoint's critics rank them (its QSMLoss, rebuilt)."""
+    if saved["config"].get("algorithm", "QSM") != "QSM" or mode != ExplorationType.RANDOM:
+        raise SystemExit(
+            "evaluate.py: eval.best_of_n > 1 ranks chain samples with a QSM checkpoint's critics; it needs a QSM "
+            f"checkpoint (this one is {saved['config'].get('algorithm')}) and eval.mode=stochastic."
+        )
+    loss, _ = make_loss_module(cfg, actor, make_critic(cfg, env, torch.device("cpu")))
+    loss.load_state_dict(saved["state"]["loss"])
+    return BestOfNActor(actor, loss.state_action_value, cfg.eval.best_of_n)
 
 
 if __name__ == "__main__":
