@@ -189,6 +189,11 @@ class QSMLoss(LossModule):
         "alpha",
     ]
 
+    # alpha="auto" (the class docstring)
+    CURVATURE_STEP = 0.1  # h, the finite-difference step, in the chain's coordinates
+    CURVATURE_EMA = 0.01  # the EMA's rate per actor_loss call
+    ALPHA_BOUNDS = (1e-3, 1e4)
+
     actor_network: TensorDictModule
     qvalue_network: TensorDictModule
     actor_network_params: TensorDictParams
@@ -280,15 +285,10 @@ class QSMLoss(LossModule):
             self._alpha = alpha
         self._make_vmap()
 
-    # auto alpha: see the class docstring
-    CURVATURE_STEP = 0.1  # h, the finite-difference step, in the chain's coordinates
-    CURVATURE_EMA = 0.01  # the EMA's rate per actor_loss call
-    ALPHA_BOUNDS = (1e-3, 1e4)
-
     @property
     def alpha(self) -> float | torch.Tensor:
         """The scale of ``grad_a Q`` in the eps target: the constructor's number, or the auto mode's
-        current value (a 0-dim tensor)."""
+        current value (a 0-dim tensor; 1 until the first ``actor_loss`` call measures the critic)."""
         return self.log_alpha.exp() if self.auto_alpha else self._alpha
 
     @property
