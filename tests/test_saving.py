@@ -15,7 +15,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_qsm import export_policy, load_actor, save_actor
 
-from _helpers import make_actor, OBS_DIM, ROOT, SCRIPT_DIR
+from _helpers import make_actor, OBS_DIM, ROOT, SCRIPT_DIR, script_module
 
 T, A = 5, 3
 
@@ -129,6 +129,16 @@ def test_evaluate_py_best_of_n_ranks_with_the_checkpoint_s_critics_on_the_same_e
     with open(tmp_path / "returns.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(row["return"] and row["best_of_n_return"] for row in rows)
+
+
+def test_a_checkpoint_older_than_a_config_field_gets_today_s_default_for_it(tiny_run):
+    config = script_module("config")
+    saved = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
+    del saved["config"]["diffusion"]["alpha_curvature"], saved["config"]["eval"]["best_of_n"]  # fields it predates
+    cfg = config.saved_config(saved)
+    assert cfg.diffusion.alpha_curvature == 1.5 and cfg.eval.best_of_n == 1
+    assert cfg.collector.total_frames == 200 and cfg.network.hidden_sizes == [32, 32]  # the checkpoint's own values
+    assert "algorithm" not in cfg
 
 
 def test_load_actor_reads_the_trained_weights_from_a_checkpoint_of_the_script(tiny_run):

@@ -509,6 +509,17 @@ def compare_for_resume(saved: dict, current: dict) -> list[tuple[str, object, ob
     return changed
 
 
+def saved_config(saved: dict) -> DictConfig:
+    """A checkpoint's config (``algorithm`` aside), completed with today's defaults for the fields it
+    predates, so that a checkpoint older than a field still loads."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent), version_base="1.3"):
+        defaults = OmegaConf.to_container(compose("config"), resolve=False)
+    defaults.pop("hydra", None)
+    return OmegaConf.merge(OmegaConf.create(defaults), {k: v for k, v in saved["config"].items() if k != "algorithm"})
+
+
 # The resolvers config.yaml uses: unique default run folders (the process id), named after the task; --help.
 OmegaConf.register_new_resolver("qsm_pid", os.getpid, replace=True)
 OmegaConf.register_new_resolver(

@@ -27,13 +27,13 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torchrl.envs.utils import ExplorationType
 
 from torchrl_qsm import BestOfNActor, export_policy, load_actor
 
 from checkpoints import load_checkpoint
+from config import saved_config
 from loop import EVAL_SEED_OFFSET, evaluate_policy
 from utils import make_critic, make_eval_env, make_logger, make_loss_module, task_name
 
@@ -61,11 +61,7 @@ def main(argv: list[str]) -> None:
     options, overrides = parse(argv)
     path = Path(options["checkpoint"])
     saved = load_checkpoint(path, torch.device("cpu"))  # verified against its checksum
-    config = {k: v for k, v in saved["config"].items() if k != "algorithm"}
-    # today's defaults under the checkpoint's values: a checkpoint older than a field still evaluates
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent), version_base="1.3"):
-        defaults = OmegaConf.to_container(compose("config"), resolve=False)
-    cfg = OmegaConf.merge(OmegaConf.create({k: v for k, v in defaults.items() if k != "hydra"}), config)
+    cfg = saved_config(saved)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     out = Path(options["output"] or path.parent / "evaluation")
