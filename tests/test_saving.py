@@ -80,21 +80,22 @@ print(json.dumps({{"shape": list(action.shape), "meta": meta, "imported": ours}}
     assert result["meta"]["num_steps"] == T and result["meta"]["action_high"] == [2.0] * A
 
 
-def test_evaluate_py_rebuilds_the_run_from_its_checkpoint_and_exports_it(tiny_run, tmp_path):
-    checkpoint = tiny_run / "checkpoint.pt"
+def run_evaluate(*options: str) -> subprocess.CompletedProcess:
+    """evaluate.py as a user runs it."""
     done = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT_DIR / "evaluate.py"),
-            f"checkpoint={checkpoint}",
-            "eval.episodes=3",
-            f"output={tmp_path}",
-        ],
+        [sys.executable, str(SCRIPT_DIR / "evaluate.py"), *options],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_evaluate_py_rebuilds_the_run_from_its_checkpoint_and_exports_it(tiny_run, tmp_path):
+    checkpoint = tiny_run / "checkpoint.pt"
+    done = run_evaluate(f"checkpoint={checkpoint}", "eval.episodes=3", f"output={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cartpole-swingup, QSM at frame 200: return" in done.stdout and "over 3 episodes" in done.stdout
     with open(tmp_path / "returns.csv") as f:
@@ -108,22 +109,13 @@ def test_evaluate_py_rebuilds_the_run_from_its_checkpoint_and_exports_it(tiny_ru
 
 
 def test_evaluate_py_best_of_n_ranks_with_the_checkpoint_s_critics_on_the_same_episodes(tiny_run, tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT_DIR / "evaluate.py"),
-            f"checkpoint={tiny_run / 'checkpoint.pt'}",
-            "eval.episodes=2",
-            "eval.best_of_n=4",
-            "export=false",
-            f"output={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_evaluate(
+        f"checkpoint={tiny_run / 'checkpoint.pt'}",
+        "eval.episodes=2",
+        "eval.best_of_n=4",
+        "export=false",
+        f"output={tmp_path}",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     assert "QSM at frame 200: return" in done.stdout  # the plain evaluation, always
     assert "QSM at frame 200 (best of 4 samples, critic-ranked): return" in done.stdout
     with open(tmp_path / "returns.csv") as f:

@@ -83,12 +83,11 @@ def main(argv: list[str]) -> None:
     env.apply(lambda module: module.dump() if hasattr(module, "dump") else None)  # the videos, if recorded
     env.close()
 
-    returns = [r for r, _ in results.values()]  # the plain evaluation first, then the best of N
-    columns = ["return", "best_of_n_return"][: len(returns)]
+    per_policy = [returns.tolist() for returns, _ in results.values()]  # the plain evaluation, then the best of N
     with open(out / "returns.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["episode", *columns])
-        writer.writerows([i, *row] for i, row in enumerate(zip(*(r.tolist() for r in returns))))
+        writer.writerow(["episode", *["return", "best_of_n_return"][: len(per_policy)]])
+        writer.writerows([i, *row] for i, row in enumerate(zip(*per_policy)))
     for name, (returns, edges) in results.items():
         print(
             f"{task_name(cfg)}, {saved['config'].get('algorithm', 'QSM')} at frame {saved['frames']}{name}: "

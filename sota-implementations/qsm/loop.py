@@ -240,21 +240,43 @@ def train(
     """
     if cfg.eval.best_of_n > 1 and best_of_n_policy is None:
         raise ValueError(f"eval.best_of_n={cfg.eval.best_of_n}: the {name} script has no critic-ranked policy; use 1.")
-    best_of_n_policy = best_of_n_policy if cfg.eval.best_of_n > 1 else None
     Training(
-        cfg, folder, name, device, logger, eval_env, policy, exploration_policy, learn, state, eval_exploration
-    ).run(best_of_n_policy)
+        cfg,
+        folder,
+        name,
+        device,
+        logger,
+        eval_env,
+        policy,
+        exploration_policy,
+        learn,
+        state,
+        eval_exploration,
+        best_of_n_policy=best_of_n_policy if cfg.eval.best_of_n > 1 else None,
+    ).run()
 
 
 class Training:
     """One run of :func:`train`: its counters, its schedule and the steps of its loop."""
 
     def __init__(
-        self, cfg, folder, name, device, logger, eval_env, policy, exploration_policy, learn, state, eval_exploration
+        self,
+        cfg,
+        folder,
+        name,
+        device,
+        logger,
+        eval_env,
+        policy,
+        exploration_policy,
+        learn,
+        state,
+        eval_exploration,
+        best_of_n_policy=None,
     ):
         self.cfg, self.folder, self.name, self.device, self.logger = cfg, folder.folder, name, device, logger
         self.eval_env, self.policy, self.exploration_policy, self.learn = eval_env, policy, exploration_policy, learn
-        self.eval_exploration = eval_exploration
+        self.eval_exploration, self.best_of_n_policy = eval_exploration, best_of_n_policy
         self.stop = StopSignals()
         self.run_folder = folder
         self.config = {"algorithm": name, **OmegaConf.to_container(cfg, resolve=True)}
@@ -445,8 +467,7 @@ class Training:
             self.stop.install()
 
     # --- the run ---------------------------------------------------------------------------------
-    def run(self, best_of_n_policy: Callable | None = None) -> None:
-        self.best_of_n_policy = best_of_n_policy
+    def run(self) -> None:
         self.stop.install()
         self.start = time.perf_counter()
         if self.run_folder.removed_partials:
