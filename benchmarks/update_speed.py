@@ -22,7 +22,8 @@ rounds and the spread (min-max). Candidates:
 - ``sac``, ``td3``: TorchRL's SACLoss and TD3Loss agents as TorchRL's sota scripts build them
   (benchmarks/learning/baselines.py);
 - ``*-compiled``: the same updates under ``torch.compile`` as the training script compiles them
-  (utils.compile_update: mode "default" on CPU, "reduce-overhead" on CUDA, the backward recomputing
+  (QSM: ``compile.compile=true``, its update as one graph, update.py; SAC and TD3 through
+  utils.compile_update: mode "default" on CPU, "reduce-overhead" on CUDA, the backward recomputing
   pointwise results such as ReLU masks on CPU; ``--no-recompute-pointwise``: the partitioner's default,
   masks saved from the forward, as ``compile.recompute_pointwise=false``). The choice is taken when an update
   first compiles, and updates built by the same factory share their compiled code within a process,
@@ -105,17 +106,24 @@ def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict
     unchecked = make_learner(cfg, env, device)
     unchecked["state"]["loss"].check_finite = False
     sac_agent, td3_agent = sac(cfg, env, device), td3(cfg, env, device)
+    variants = {"qsm": (), "qsm-auto": ("diffusion=auto",), "qsm-bf16": ("optim.bf16_matmuls=true",)}
+
+    def qsm_learner(name: str, *overrides: str):
+        overrides = (*variants[name], f"compile.recompute_pointwise={recompute}", *overrides)
+        return make_learner(script_config(width, device, *overrides), env, device)
+
     out = {
         "qsm": (qsm["learn"], qsm["policy"]),
-        "qsm-auto": (make_learner(script_config(width, device, "diffusion=auto"), env, device)["learn"], None),
-        "qsm-bf16": (make_learner(script_config(width, device, "optim.bf16_matmuls=true"), env, device)["learn"], None),
+        "qsm-auto": (qsm_learner("qsm-auto")["learn"], None),
+        "qsm-bf16": (qsm_learner("qsm-bf16")["learn"], None),
         "qsm-unchecked": (unchecked["learn"], None),
         "qsm-reference": (reference_update, None),
         "sac": (sac_agent["learn"], sac_agent["policy"]),
         "td3": (td3_agent["learn"], td3_agent["policy"]),
     }
-    for name in compiled:
-        out[f"{name}-compiled"] = (compile_update(out[name][0], cfg, device, warmup=0), None)
+    for name in compiled:  # QSM as the script compiles it (its update whole, the schedule's step outside)
+        learn = qsm_learner(name, "compile.compile=true")["learn"] if name in variants else None
+        out[f"{name}-compiled"] = (learn or compile_update(out[name][0], cfg, device, warmup=0), None)
     return out
 
 

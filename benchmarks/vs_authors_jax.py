@@ -21,7 +21,8 @@ every candidate's time and its ratio to the authors' update. Candidates:
 - ``qsm``: our eager update as the training script builds it (``make_learner`` with its defaults and
   ``compile.compile=false``; fp32 matmul kernels chosen as ``optim.fp32_matmuls=auto`` chooses them);
 - ``qsm-default-kernels``: the same update with torch's default fp32 matmul path (``optim.fp32_matmuls=default``);
-- ``qsm-compiled``: ``qsm`` under ``torch.compile``, the script's default where it can build.
+- ``qsm-compiled``: ``qsm`` with ``compile.compile=true``, the script's default where it can build: the update
+  (update.py) compiles whole, the learning-rate schedule's step stays outside.
 
 Acting at batch 1 compares our exploration policy (the chain + N(0, 0.1^2), eager and under
 ``torch.compile``) with the authors' ``sample_actions`` (jitted), each returning a NumPy action as a
@@ -179,7 +180,8 @@ def compare(args: argparse.Namespace, width: int, device, learner_class) -> None
     timed["qsm"] = (updates(qsm["learn"]), fast)
     timed["qsm-default-kernels"] = (updates(make_learner(cfg, env, device)["learn"]), default)
     if not args.no_compile:
-        timed["qsm-compiled"] = (updates(compile_update(make_learner(cfg, env, device)["learn"], cfg, device, 0)), fast)
+        compiled = make_learner(script_config(width, device, "compile.compile=true"), env, device)
+        timed["qsm-compiled"] = (updates(compiled["learn"]), fast)
 
     for name, (run, kernels) in timed.items():  # warm-up: jit, compile, first calls
         kernels()

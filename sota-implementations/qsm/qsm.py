@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from tensordict import TensorDict
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
+from update import make_update
 
 from torchrl_qsm import BestOfNActor
 
@@ -55,19 +56,7 @@ def make_learner(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
     actor, exploration_policy = make_qsm_agent(cfg, env, device)
     loss, target_updater = make_loss_module(cfg, actor, make_critic(cfg, env, device))
     actor_optim, critic_optim, actor_lr_schedule = make_optimizers(cfg, loss)
-    bf16 = cfg.optim.bf16_matmuls
-
-    def update(batch: TensorDict) -> TensorDict:
-        # bf16_matmuls: matmuls in bfloat16 under autocast; the schedule, losses and optimizer stay fp32
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = loss(batch)
-        (out["loss_actor"] + out["loss_qvalue"]).backward()
-        actor_optim.step()
-        critic_optim.step()
-        actor_optim.zero_grad(set_to_none=True)
-        critic_optim.zero_grad(set_to_none=True)
-        target_updater.step()
-        return out.detach()
+    update = make_update(loss, [actor_optim, critic_optim], target_updater, cfg.optim.bf16_matmuls)
 
     if compile_enabled(cfg, device)[0]:
         update = compile_update(update, cfg, device)

@@ -275,23 +275,29 @@ def compile_update(
 ) -> Callable[[TensorDict], TensorDict]:
     """``update`` under ``torch.compile``, after ``warmup`` eager calls (as TorchRL's sota scripts do).
 
+    Dynamo traces ``torch.autograd.grad`` (its ``trace_autograd_ops``), so an update written as in
+    update.py compiles to one graph, Adam's steps included.
+
     ``compile.recompute_pointwise`` (``null``: on CPU): while the update compiles, AOTAutograd's
     partitioner may recompute in the backward the pointwise results it needs (ReLU masks) instead of
     saving them, through torch's private flag ``ban_recompute_materialized_backward``. On CPU inductor
     stores saved bool masks slowly and the recomputed ones fuse into the backward kernels
     (benchmarks/README.md, "Compiled updates"); it has not been measured to help elsewhere. Where a torch
-    version lacks the flag the update compiles with torch's defaults. The setting is read when the update
-    compiles; dynamo does not guard on it.
+    version lacks a flag the update compiles without it. The settings are read when the update compiles.
     """
     mode = cfg.compile.mode or ("reduce-overhead" if device.type == "cuda" else "default")
     compiled = compile_with_warmup(update, mode=mode, warmup=warmup)
     recompute = cfg.compile.recompute_pointwise
     recompute = device.type == "cpu" if recompute is None else recompute
-    if not recompute or not hasattr(torch._functorch.config, "ban_recompute_materialized_backward"):
-        return compiled
+    patches = [(torch._dynamo.config, {"trace_autograd_ops": True})]
+    if recompute:
+        patches.append((torch._functorch.config, {"ban_recompute_materialized_backward": False}))
+    patches = [(config, flags) for config, flags in patches if all(hasattr(config, name) for name in flags)]
 
     def run(batch: TensorDict) -> TensorDict:
-        with torch._functorch.config.patch(ban_recompute_materialized_backward=False):
+        with contextlib.ExitStack() as stack:
+            for config, flags in patches:
+                stack.enter_context(config.patch(**flags))
             return compiled(batch)
 
     return run
