@@ -275,9 +275,11 @@ def test_the_faithful_preset_states_the_library_defaults():
 def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_policy(tmp_path):
     # compile.compile wraps the update in torch.compile; compile.policy is the Collector's compile_policy.
     # (with optim.bf16_matmuls too: the update's autocast runs under the compiled update; with alpha=auto,
-    # whose buffers the compiled update writes, and the best-of-N evaluation)
+    # whose buffers the compiled update writes, and the best-of-N evaluation; one evaluation episode, whose
+    # spread is 0, not torch's nan)
     run_script(
         tmp_path,
+        "eval.episodes=1",
         "compile.compile=true",
         "compile.policy=true",
         "optim.bf16_matmuls=true",
@@ -288,6 +290,7 @@ def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_poli
     assert_results(tmp_path, final_frame=200)
     evaluations = [row for row in read_returns(tmp_path) if row["eval_return"]]
     assert all(row["eval_best_of_n_return"] and row["eval_best_of_n_edge_fraction"] for row in evaluations)
+    assert all(float(row["eval_return_std"]) == float(row["eval_best_of_n_return_std"]) == 0.0 for row in evaluations)
     (alpha_log,) = tmp_path.glob("logs/*/scalars/train/alpha.csv")
     alphas = [float(line.split(",")[1]) for line in alpha_log.read_text().split()]
     assert len(set(alphas)) == len(alphas) and all(0 < a < 1e4 for a in alphas)  # it moves, inside its bounds

@@ -34,7 +34,7 @@ from torchrl_qsm import BestOfNActor, export_policy, load_actor
 
 from checkpoints import load_checkpoint
 from config import saved_config
-from loop import EVAL_SEED_OFFSET, evaluate_policy
+from loop import EVAL_SEED_OFFSET, evaluate_policy, return_std
 from utils import make_critic, make_eval_env, make_logger, make_loss_module, task_name
 
 # what the command line may set: the checkpoint, where to write, the export, and the evaluation's fields
@@ -91,8 +91,8 @@ def main(argv: list[str]) -> None:
     for name, (returns, edges) in results.items():
         print(
             f"{task_name(cfg)}, {saved['config'].get('algorithm', 'QSM')} at frame {saved['frames']}{name}: "
-            f"return {returns.mean():.1f} +- {returns.std():.1f} over {returns.numel()} episodes ({cfg.eval.mode} "
-            f"chain, seed {seed}); {100 * edges:.0f}% of action components on the box edges",
+            f"return {returns.mean():.1f} +- {return_std(returns):.1f} over {returns.numel()} episodes "
+            f"({cfg.eval.mode} chain, seed {seed}); {100 * edges:.0f}% of action components on the box edges",
             flush=True,
         )
     print(f"Returns: {out / 'returns.csv'}", flush=True)

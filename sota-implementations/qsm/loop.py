@@ -214,6 +214,11 @@ def evaluate_policy(
     return returns, edges.item()
 
 
+def return_std(returns: torch.Tensor) -> float:
+    """The episodes' standard deviation; 0 for one episode (``eval.episodes=1``), where torch's would be nan."""
+    return returns.std().item() if returns.numel() > 1 else 0.0
+
+
 def train(
     cfg: DictConfig,
     folder: RunFolder,
@@ -409,11 +414,12 @@ class Training:
                 returns, edges = evaluate_policy(
                     self.eval_env, policy, self.cfg.env.max_episode_steps, self.eval_exploration
                 )
-            row[f"eval_{prefix}return"], row[f"eval_{prefix}return_std"] = returns.mean().item(), returns.std().item()
+            std = return_std(returns)
+            row[f"eval_{prefix}return"], row[f"eval_{prefix}return_std"] = returns.mean().item(), std
             row[f"eval_{prefix}edge_fraction"] = edges
             which = f", best of {self.cfg.eval.best_of_n} samples (critic-ranked)" if prefix else ""
             tqdm.tqdm.write(
-                f"[eval] frame {self.frames}{which}: return {returns.mean():.1f} +- {returns.std():.1f} over "
+                f"[eval] frame {self.frames}{which}: return {returns.mean():.1f} +- {std:.1f} over "
                 f"{returns.numel()} episodes; {100 * edges:.0f}% of action components on the box edges"
             )
             if self.logger is not None:
