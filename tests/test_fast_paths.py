@@ -1,5 +1,7 @@
 """Each speed option keeps the numbers of the plain path (tolerances stated per test)."""
 
+import io
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -69,49 +71,68 @@ def test_fused_adam_takes_the_same_steps_as_the_loop_adam():
         torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
 
 
-def make_learner(fused: bool = True):
-    """A small loss, its two Adams as the script makes them, and its one-graph update (update.py)."""
-    torch.manual_seed(0)
-    loss = QSMLoss(make_actor(hidden_sizes=(64, 64)), make_critic())
-    loss.make_value_estimator(gamma=0.99)
-    target_updater = SoftUpdate(loss, tau=0.005)
-    cfg = OmegaConf.create({"optim": {"lr": 1e-3, "fused_adam": fused}})
-    adam = script_module("utils").adam
-    optimizers = [
-        adam(cfg, loss.actor_network_params.values(True, True)),
-        adam(cfg, loss.qvalue_network_params.values(True, True)),
-    ]
-    return loss, optimizers, script_module("update").make_update(loss, optimizers, target_updater)
+class Learner:
+    """A small loss with the script's two Adams and the actor's learning-rate decay (``utils.make_optimizers``:
+    over 4 updates here, so the actor's rate changes at every step and parts from the critics'), and
+    ``update``: the one-graph update (update.py), or with ``plain=True`` the TorchRL loop's backward(),
+    Optimizer.step() and soft update."""
 
+    def __init__(self, fused: bool = True, plain: bool = False) -> None:
+        torch.manual_seed(0)
+        self.loss = QSMLoss(make_actor(hidden_sizes=(64, 64)), make_critic())
+        self.loss.make_value_estimator(gamma=0.99)
+        self.target_updater = SoftUpdate(self.loss, tau=0.005)
+        cfg = OmegaConf.create({"optim": {"lr": 1e-3, "fused_adam": fused, "actor_lr_decay_updates": 4}})
+        *self.optimizers, self.schedule = script_module("utils").make_optimizers(cfg, self.loss)
+        self.update = (
+            self.plain_update
+            if plain
+            else script_module("update").make_update(self.loss, self.optimizers, self.target_updater)
+        )
 
-def plain_update(loss, optimizers):
-    """The TorchRL loop's update: backward, each optimizer's step, the target soft update."""
-    target_updater = SoftUpdate(loss, tau=0.005)
-
-    def update(batch):
-        out = loss(batch)
+    def plain_update(self, batch):
+        out = self.loss(batch)
         (out["loss_actor"] + out["loss_qvalue"]).backward()
-        for optimizer in optimizers:
+        for optimizer in self.optimizers:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        target_updater.step()
+        self.target_updater.step()
         return out.detach()
 
-    return update
+    def run(self, batches, update=None, seed=3):
+        """``update`` (default: this learner's) on each batch, the schedule stepped after each, as the script does."""
+        metrics = []
+        for i, batch in enumerate(batches):
+            torch.manual_seed(seed + i)
+            metrics.append((update or self.update)(batch.clone()))
+            self.schedule.step()
+        return metrics
+
+    def states(self):
+        """Every parameter and buffer (targets included), every optimizer's moments and step counts, the rates."""
+        moments = [v for optimizer in self.optimizers for state in optimizer.state.values() for v in state.values()]
+        rates = [group["lr"] for optimizer in self.optimizers for group in optimizer.param_groups]
+        return [*self.loss.state_dict().values(), *moments, *rates]
+
+    def load(self, other: "Learner") -> None:
+        """``other``'s weights, optimizer states and schedule, saved and loaded as a checkpoint is."""
+        buffer = io.BytesIO()
+        torch.save(
+            [other.loss.state_dict(), *(o.state_dict() for o in other.optimizers), other.schedule.state_dict()], buffer
+        )
+        buffer.seek(0)
+        loss, *optimizers, schedule = torch.load(buffer)
+        self.loss.load_state_dict(loss)
+        for optimizer, state in zip(self.optimizers, optimizers, strict=True):
+            optimizer.load_state_dict(state)
+        self.schedule.load_state_dict(schedule)
 
 
-def states(loss, optimizers):
-    """Every parameter and buffer (targets included) and every optimizer's moments and step counts."""
-    moments = [value for optimizer in optimizers for state in optimizer.state.values() for value in state.values()]
-    return [*loss.state_dict().values(), *moments]
-
-
-def run(update, batches, seed=3):
-    metrics = []
-    for i, batch in enumerate(batches):
-        torch.manual_seed(seed + i)
-        metrics.append(update(batch.clone()))
-    return metrics
+def assert_same_run(got, expected, got_metrics, expected_metrics, rtol, atol):
+    for a, b in zip(got_metrics, expected_metrics, strict=True):
+        torch.testing.assert_close(a.to_dict(), b.to_dict(), rtol=rtol, atol=atol)
+    for a, b in zip(got.states(), expected.states(), strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -119,38 +140,46 @@ def test_the_one_graph_update_takes_the_plain_updates_steps(fused):
     # autograd.grad + torch's functional Adam on the optimizers' own state, against backward() + Optimizer.step():
     # the same kernels in the same order, so the same numbers to float32 rounding (rtol 1e-5, atol 1e-6)
     batches = [make_batch((64,)) for _ in range(4)]
-    loss, optimizers, update = make_learner(fused)
-    ours = run(update, batches)
-    reference_loss, reference_optimizers, _ = make_learner(fused)
-    plain = run(plain_update(reference_loss, reference_optimizers), batches)
-    for got, expected in zip(ours, plain, strict=True):
-        torch.testing.assert_close(got.to_dict(), expected.to_dict(), rtol=1e-5, atol=1e-6)
-    for got, expected in zip(states(loss, optimizers), states(reference_loss, reference_optimizers), strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    assert all(state["step"].item() == len(batches) for o in optimizers for state in o.state.values())
+    ours, plain = Learner(fused), Learner(fused, plain=True)
+    assert_same_run(ours, plain, ours.run(batches), plain.run(batches), rtol=1e-5, atol=1e-6)
+    assert all(state["step"].item() == len(batches) for o in ours.optimizers for state in o.state.values())
+    actor_lr, critic_lr = (o.param_groups[0]["lr"].item() for o in ours.optimizers)
+    assert actor_lr < critic_lr == pytest.approx(1e-3)  # the decay reached the actor's steps, not the critics'
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_after_a_resume_the_first_update_takes_the_plain_updates_step(fused):
+    # a resumed run's first update finds Adam's state already there (loaded) and steps it functionally
+    batches = [make_batch((64,)) for _ in range(4)]
+    before = Learner(fused, plain=True)
+    before.run(batches[:2])
+    ours, plain = Learner(fused), Learner(fused, plain=True)
+    ours.load(before)
+    plain.load(before)
+    assert_same_run(ours, plain, ours.run(batches[2:]), plain.run(batches[2:]), rtol=1e-5, atol=1e-6)
 
 
 def test_after_its_first_call_the_update_traces_as_one_graph():
     # fullgraph=True fails on any graph break; the first call creates Adam's state through Optimizer.step
-    loss, optimizers, update = make_learner()
+    learner = Learner()
     batch = make_batch((32,))
-    update(batch.clone())
+    learner.run([batch])
     with torch._dynamo.config.patch(trace_autograd_ops=True):
-        torch.compile(update, fullgraph=True, backend="eager")(batch.clone())
-    assert all(state["step"].item() == 2 for o in optimizers for state in o.state.values())
+        learner.run([batch], update=torch.compile(learner.update, fullgraph=True, backend="eager"))
+    assert all(state["step"].item() == 2 for o in learner.optimizers for state in o.state.values())
 
 
 def test_the_inductor_compiled_update_takes_the_eager_steps():
     # compile.compile=true runs the update through utils.compile_update: inductor, one graph, Adam fused into
     # its kernels, the backward recomputing pointwise results (the ReLU critics' masks) on CPU. fallback_random
-    # makes inductor draw the eager random numbers; it fuses and reorders sums: rtol 1e-4, atol 1e-5.
+    # makes inductor draw the eager random numbers; it fuses and reorders sums: rtol 1e-4, atol 1e-5. The
+    # actor's learning rate changes between the calls: the compiled graph reads it, it does not bake it in.
     batches = [make_batch((64,)) for _ in range(3)]
     with torch._inductor.config.patch(fallback_random=True):
-        eager_loss, eager_optimizers, eager_update = make_learner()
-        eager = run(eager_update, batches)
-        loss, optimizers, update = make_learner()
-        compiled = run(compile_update(update, COMPILE_CFG, torch.device("cpu")), batches)
-    for got, expected in zip(compiled, eager, strict=True):
-        torch.testing.assert_close(got.to_dict(), expected.to_dict(), rtol=1e-4, atol=1e-5)
-    for got, expected in zip(states(loss, optimizers), states(eager_loss, eager_optimizers), strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        eager = Learner()
+        eager_metrics = eager.run(batches)
+        compiled = Learner()
+        compiled_metrics = compiled.run(
+            batches, update=compile_update(compiled.update, COMPILE_CFG, torch.device("cpu"))
+        )
+    assert_same_run(compiled, eager, compiled_metrics, eager_metrics, rtol=1e-4, atol=1e-5)

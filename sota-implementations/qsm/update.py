@@ -32,8 +32,8 @@ def adam_step(optimizer: torch.optim.Adam, grads: Sequence[torch.Tensor]) -> Non
     state must exist: torch's Adam creates it at its first ``step()``.
     """
     grads = iter(grads)
-    fused = bool(optimizer.defaults["fused"]) and not torch.compiler.is_compiling()
     for group in optimizer.param_groups:
+        fused = bool(group["fused"]) and not torch.compiler.is_compiling()
         params = group["params"]
         state = [optimizer.state[p] for p in params]
         group_grads = [next(grads) for _ in params]
@@ -100,7 +100,24 @@ def make_update(
                     count = sum(len(group["params"]) for group in optimizer.param_groups)
                     adam_step(optimizer, grads[start : start + count])
                     start += count
+        if device_type == "cuda" and not torch.compiler.is_compiling():
+            mark_state_static(optimizers)
         target_updater.step()
         return metrics
 
     return update
+
+
+def mark_state_static(optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    """Marks every optimizer state tensor as a static input for ``torch.compile``.
+
+    A CUDA graph replays fixed addresses: inductor skips CUDA graphs for a graph that writes to an input it
+    does not know to be static ("mutated inputs"). Dynamo marks an optimizer's state static when it traces
+    ``Optimizer.step`` (``torch/_dynamo/variables/optimizer.py``); :func:`adam_step` bypasses that, so the
+    eager calls before compiling (the first update, or the first after a resume) mark it here.
+    """
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    torch._dynamo.mark_static_address(value)
