@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -95,6 +96,30 @@ def test_resume_restores_weights_optimizers_and_replay_buffer_exactly_and_contin
     rows = read_returns(longer)
     assert rows[: len(saved["results"])] == [{k: str(v) for k, v in r.items()} for r in saved["results"]]
     assert max(int(r["frame"]) for r in rows) == 400
+
+
+def test_a_learning_rate_changed_at_resume_is_the_one_the_resumed_run_uses(tmp_path, tiny_run):
+    # torch's optimizers and schedules load their learning rates from a state dict too; the run's config wins
+    # (Adam's moments and step counts, and the schedule's position, still come from the checkpoint)
+    saved = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
+    done = run_script(
+        tmp_path,
+        f"checkpoint.resume={tiny_run / 'checkpoint.pt'}",
+        "collector.total_frames=250",
+        "optim.lr=1e-4",
+        "optim.actor_lr_decay_updates=1000",
+    )
+    assert "changed: optim.lr: 0.0003 -> 0.0001" in done.stdout
+    final = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    updates = final["updates"]
+    assert updates > saved["updates"]
+    (critic,) = final["state"]["critic_optim"]["param_groups"]
+    (actor,) = final["state"]["actor_optim"]["param_groups"]
+    assert float(critic["lr"]) == pytest.approx(1e-4)
+    assert float(actor["lr"]) == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi * updates / 1000)))
+    assert final["state"]["actor_lr_schedule"]["base_lrs"] == [pytest.approx(1e-4)]
+    steps = {int(s["step"]) for s in final["state"]["critic_optim"]["state"].values()}
+    assert steps == {updates}  # the moments went on from the checkpoint's, not from a fresh optimizer
 
 
 def rows_of(replay_buffer_state: dict, n: int) -> dict:

@@ -214,6 +214,36 @@ def evaluate_policy(
     return returns, edges.item()
 
 
+def load_keeping_hyperparameters(stateful, state_dict: dict) -> None:
+    """``stateful.load_state_dict(state_dict)``, keeping the hyperparameters this run was built with.
+
+    Torch's optimizers and learning-rate schedules restore their hyperparameters from a state dict too
+    (each param group's ``lr``, betas, eps, ``fused``; a schedule's ``base_lrs``): a resume that changed
+    ``optim.lr`` would print the change and go on with the checkpoint's rate. Here their state (Adam's
+    moments and step counts, the schedule's position) comes from the checkpoint, their hyperparameters
+    from this run's config, and each rate is recomputed at the schedule's position (the same rate, bit
+    for bit, when the config did not change).
+    """
+    if isinstance(stateful, torch.optim.Optimizer):
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in stateful.param_groups]
+        stateful.load_state_dict(state_dict)
+        for group, values in zip(stateful.param_groups, configured, strict=True):
+            group.update(values)
+    elif isinstance(stateful, torch.optim.lr_scheduler.LambdaLR):
+        base_lrs = list(stateful.base_lrs)
+        stateful.load_state_dict(state_dict)
+        stateful.base_lrs = base_lrs
+        groups = stateful.optimizer.param_groups
+        for group, base, factor in zip(groups, base_lrs, stateful.lr_lambdas, strict=True):
+            lr = base * factor(stateful.last_epoch)
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(lr)  # in place: a compiled update reads this tensor
+            else:
+                group["lr"] = lr
+    else:
+        stateful.load_state_dict(state_dict)
+
+
 def return_std(returns: torch.Tensor) -> float:
     """The episodes' standard deviation; 0 for one episode (``eval.episodes=1``), where torch's would be nan."""
     return returns.std().item() if returns.numel() > 1 else 0.0
@@ -302,7 +332,7 @@ class Training:
         saved = load_checkpoint(path, self.device)
         changed = compare_for_resume(saved["config"], self.config)
         for component, stateful in self.state.items():
-            stateful.load_state_dict(saved["state"][component])
+            load_keeping_hyperparameters(stateful, saved["state"][component])
         has_buffer = "replay_buffer" in saved
         if has_buffer:
             self.replay_buffer.load_state_dict(saved["replay_buffer"])
