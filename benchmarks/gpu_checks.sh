@@ -34,6 +34,8 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND with a time limit, logs t
 
 step update_speed 170 bash -c "python3 benchmarks/update_speed.py --device $DEVICE --widths 256 512 --compile \
   && python3 benchmarks/update_speed.py --device $DEVICE --widths 256 --compile qsm sac"
+# ours eager and compiled against TorchRL's SAC, as vs_authors_jax.py runs on a GPU (no JAX there)
+step vs_sac 170 python3 benchmarks/vs_authors_jax.py --device "$DEVICE" --widths 256 512
 train() {  # train NAME SECONDS SCRIPT... OVERRIDES...: a short training run; keeps its returns.csv
   local name=$1
   shift
@@ -46,6 +48,9 @@ train() {  # train NAME SECONDS SCRIPT... OVERRIDES...: a short training run; ke
 }
 train train_qsm 110 sota-implementations/qsm/qsm.py
 train train_qsm_compiled 170 sota-implementations/qsm/qsm.py compile.compile=true
+# the one-graph update steps Adam's state in place: is it replayed as a CUDA graph? (0 lines: yes)
+echo "train_qsm_compiled: $(grep -c 'skipping cudagraphs' "$OUT/train_qsm_compiled.log") 'skipping cudagraphs' lines" \
+  | tee -a "$OUT/steps.txt"
 train train_sac 90 benchmarks/learning/baselines.py sac
 # the learning harness on the GPU, unchanged but for --device and the budget (issue: learning results)
 step grid 420 python3 benchmarks/learning/grid.py --device "$DEVICE" --frames "$FRAMES" \
