@@ -30,13 +30,13 @@ from omegaconf import DictConfig
 from tensordict import TensorDict
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
-from update import make_update
 
 from torchrl_qsm import BestOfNActor
 
 from checkpoints import RunFolder
 from config import resolve_device, validate_config
 from loop import train
+from update import make_update
 from utils import (
     compile_enabled,
     compile_update,
