@@ -282,8 +282,12 @@ def compile_update(
     partitioner may recompute in the backward the pointwise results it needs (ReLU masks) instead of
     saving them, through torch's private flag ``ban_recompute_materialized_backward``. On CPU inductor
     stores saved bool masks slowly and the recomputed ones fuse into the backward kernels
-    (benchmarks/README.md, "Compiled updates"); it has not been measured to help elsewhere. Where a torch
-    version lacks a flag the update compiles without it. The settings are read when the update compiles.
+    (benchmarks/README.md, "Compiled updates"); it has not been measured to help elsewhere. It acts on
+    updates that call ``backward()`` (the TorchRL baselines run through the script's loop): the QSM update of
+    update.py takes its gradients inside the traced function, so AOTAutograd compiles it as one forward
+    graph, the partitioner never runs, and inductor generates the same kernels with or without the flag.
+    Where a torch version lacks a flag the update compiles without it. The settings are read when the update
+    compiles.
     """
     mode = cfg.compile.mode or ("reduce-overhead" if device.type == "cuda" else "default")
     compiled = compile_with_warmup(update, mode=mode, warmup=warmup)
