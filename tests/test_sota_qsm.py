@@ -194,6 +194,9 @@ def compose_config(*overrides: str):
             "both must be >= 1; got collector.num_workers=1, collector.envs_per_worker=0",
         ),
         (["optim.fp32_matmuls=fast"], r"optim.fp32_matmuls must be one of \['auto', 'default', 'mkl', 'onednn'"),
+        (["compile.mode=fastest"], r"compile.mode must be null or one of \['default', 'reduce-overhead'"),
+        (["device=cpu", "compile.mode=max-autotune"], "compile.mode='max-autotune' on CPU: .* use compile.mode=null"),
+        (["device=cpu", "compile.compile=true", "compile.mode=max-autotune-no-cudagraphs"], "on CPU"),
     ],
 )
 def test_bad_configuration_is_refused_naming_the_field(overrides, message):

@@ -15,6 +15,12 @@ with ``C_64`` the same product in float64. A path is accurate when its error is 
 ``k``; bfloat16 about 4e-3 and TF32 about 5e-4, thousands of times more). Among accurate paths the
 fastest on the given GEMM shapes is kept; reduced precision is never chosen this way (use
 ``torch.autocast`` for that, explicitly).
+
+A path other than the default sets one backend's flag apart from the others, and torch 2.13 then
+refuses to summarise them: ``torch.get_float32_matmul_precision()`` raises ("mix of the legacy and new
+APIs"). Code that reads it fails while such a path is set; inductor's GEMM autotuning
+(``torch.compile(mode="max-autotune")``) is one. Where that code must run, keep the default path
+(``choose_fp32_matmuls(paths=PATHS["cpu"][:1])``, or ``matmul_path("cpu", "default").apply()``).
 """
 
 from __future__ import annotations

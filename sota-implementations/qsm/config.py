@@ -28,6 +28,11 @@ from torchrl_qsm import Mish
 from torchrl_qsm.kernels import PATHS
 
 FP32_MATMULS = dict.fromkeys(["auto", "default", *(path.name for paths in PATHS.values() for path in paths)])
+# torch.compile's modes (null: "default" on CPU, "reduce-overhead" on CUDA). Inductor's GEMM autotuning (the
+# max-autotune modes) fails to build the QSM update on CPU with torch 2.13 (benchmarks/README.md, "Against the
+# authors' JAX code"), so they are refused there.
+COMPILE_MODES = dict.fromkeys(["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+CPU_COMPILE_MODES = dict.fromkeys(["default", "reduce-overhead"])
 
 
 @dataclass
@@ -178,6 +183,19 @@ STRUCTURAL_FIELDS = (
     "replay_buffer.size",
     "replay_buffer.prb",
 )
+
+
+def check_compile_mode(compile_cfg: DictConfig, device: torch.device) -> None:
+    """``compile.mode`` is one of torch.compile's modes, and on CPU one that builds the update."""
+    mode = compile_cfg.mode
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"compile.mode must be null or one of {list(COMPILE_MODES)}; got compile.mode={mode!r}.")
+    if device.type == "cpu" and compile_cfg.compile is not False and mode not in (None, *CPU_COMPILE_MODES):
+        raise ValueError(
+            f"compile.mode={mode!r} on CPU: inductor's C++ GEMM templates, which this mode autotunes, fail to build "
+            "the QSM update with torch 2.13 (an AssertionError in cpp_gemm_template at the first compiled update), "
+            "and were measured no faster than MKL or oneDNN here; use compile.mode=null (or default)."
+        )
 
 
 def resolve_device(name: str, field_name: str = "device") -> torch.device:
@@ -375,7 +393,7 @@ def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
         )
     if c.backend == "ray":
         check_ray(cfg.ray)
-    resolve_device(cfg.device)
+    check_compile_mode(cfg.compile, resolve_device(cfg.device))
     if cfg.replay_buffer.device is not None:
         resolve_device(cfg.replay_buffer.device, "replay_buffer.device")
 
