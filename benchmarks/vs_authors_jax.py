@@ -208,6 +208,9 @@ def compare(args: argparse.Namespace, width: int, device, learner_class) -> None
     fast()
     if learner_class is not None:
         gemms(record_matmuls(qsm["learn"], batches[0].clone()), choice)
+        ours = {"qsm": qsm["learn"]} | ({"qsm-compiled": compiled["learn"]} if not args.no_compile else {})
+        floor(ours, batches, {name: statistics.median(t) for name, t in times.items()})
+        xla_account(learner_class, width, authors_batch(batches[0]))
     latency = acting(qsm, authors_agent(learner_class, width) if learner_class is not None else None, device)
     if learner_class is not None:  # UTD 1: one update and one action per frame
         per_frame = statistics.median(times["jax"]) + latency["jax"]
@@ -228,22 +231,25 @@ def authors_agent(learner_class, width: int):
     )
 
 
+def authors_batch(batch) -> dict:
+    """Our batch in the authors' layout: rewards and masks flat."""
+    import jax.numpy as jnp
+
+    return dict(
+        observations=jnp.asarray(batch["observation"].numpy()),
+        actions=jnp.asarray(batch["action"].numpy()),
+        next_observations=jnp.asarray(batch["next", "observation"].numpy()),
+        rewards=jnp.asarray(batch["next", "reward"].squeeze(-1).numpy()),
+        masks=jnp.asarray(1.0 - batch["next", "terminated"].squeeze(-1).float().numpy()),
+    )
+
+
 def authors_updates(learner_class, width: int, batches):
     """``run()``: the authors' jitted update over the same batches (their layout: rewards and masks flat)."""
     import jax
-    import jax.numpy as jnp
 
     state = {"agent": authors_agent(learner_class, width)}
-    jax_batches = [
-        dict(
-            observations=jnp.asarray(b["observation"].numpy()),
-            actions=jnp.asarray(b["action"].numpy()),
-            next_observations=jnp.asarray(b["next", "observation"].numpy()),
-            rewards=jnp.asarray(b["next", "reward"].squeeze(-1).numpy()),
-            masks=jnp.asarray(1.0 - b["next", "terminated"].squeeze(-1).float().numpy()),
-        )
-        for b in batches
-    ]
+    jax_batches = [authors_batch(b) for b in batches]
 
     def run() -> None:
         for batch in jax_batches:
@@ -289,6 +295,50 @@ def gemms(calls: list[tuple], choice, top: int = 8) -> None:
         label = f"{op} " + " ".join("x".join(map(str, s)) for s in shapes)
         print(f"    {label:<44}{count:>6}{flops / total:>7.0%}{rates[0]:>9.0f}{rates[1]:>8.0f}{xla_rate:>7.0f}")
     choice.chosen.apply()
+
+
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def floor(learners: dict, batches, median: dict[str, float]) -> None:
+    """What the matmuls leave to the rest of each update, against the 0.8x target.
+
+    ``torch.profiler`` times the matmul kernels inside each of our updates (self time of ``aten::mm``,
+    ``addmm``, ``bmm``: the GEMMs as the update calls them, with its layouts and its caches); no update that
+    does these matmuls can take less, so what the target leaves beyond them is the budget for everything
+    else (Adam, activations, the sampler's elementwise steps, the framework's own cost).
+    """
+    from torch.profiler import profile
+
+    jax_time = median["jax"]
+    print(f"  floor: the matmul kernels inside our updates (profiled), the authors' update {1e3 * jax_time:.2f} ms")
+    for name, learn in learners.items():
+        with profile() as trace:
+            for batch in batches:
+                learn(batch.clone())
+        gemm = sum(e.self_cpu_time_total for e in trace.key_averages() if e.key in GEMM_OPS) / 1e6 / len(batches)
+        print(
+            f"    {name}: matmuls {1e3 * gemm:.2f} ms ({gemm / jax_time:.2f} of the authors' update), the rest "
+            f"{1e3 * (median[name] - gemm):.2f} ms; at 0.8x the rest would have {1e3 * (0.8 * jax_time - gemm):.2f} ms"
+        )
+
+
+def xla_account(learner_class, width: int, batch: dict) -> None:
+    """XLA's own account of the authors' update: its cost analysis (all ops) and its optimised program's
+    kernels (fusions; the dots among them)."""
+    import re
+
+    agent = authors_agent(learner_class, width)
+    compiled = type(agent).update.lower(agent, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    program = compiled.as_text()
+    fusions = re.findall(r"fusion\(.*kind=(k\w+)", program)
+    print(
+        f"  XLA's account of the authors' update: {cost['flops'] / 1e9:.2f} GFLOP, "
+        f"{cost['transcendentals'] / 1e6:.1f} M transcendentals, {cost['bytes accessed'] / 1e6:.0f} MB accessed; "
+        f"its optimised program runs {len(fusions)} kernels, {fusions.count('kCustom')} of them dots"
+    )
 
 
 def run_xla(fn, arrays) -> None:
