@@ -18,8 +18,9 @@ fast path turned off:
 The candidates run round-robin; each round times every candidate for ``--iters`` updates, and the ratio
 to ``default`` is taken within the round (the host's slow drifts cancel). A ratio above 1: the fast path
 saves that share of the update's time. Each compiled candidate has its own copy of the update's code
-object, so that dynamo keeps one cache for each: with one shared code object every compiled update would
-first test the guards of the candidates compiled after it (about 1 ms each, per call).
+object, so that dynamo keeps one cache for each: with one shared code object the candidates would count
+against dynamo's recompile limit (8 by default, past which a frame runs eager), and the first update after
+each switch of candidate would run the others' guards before finding its own.
 """
 
 from __future__ import annotations
