@@ -98,9 +98,10 @@ def test_resume_restores_weights_optimizers_and_replay_buffer_exactly_and_contin
     assert max(int(r["frame"]) for r in rows) == 400
 
 
-def test_a_learning_rate_changed_at_resume_is_the_one_the_resumed_run_uses(tmp_path, tiny_run):
-    # torch's optimizers and schedules load their learning rates from a state dict too; the run's config wins
-    # (Adam's moments and step counts, and the schedule's position, still come from the checkpoint)
+def test_optimizer_settings_changed_at_resume_are_the_ones_the_resumed_run_uses(tmp_path, tiny_run):
+    # torch's optimizers and schedules load their learning rates (and Adam its fused flag) from a state dict
+    # too; the run's config wins (Adam's moments and step counts, and the schedule's position, still come
+    # from the checkpoint)
     saved = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
     done = run_script(
         tmp_path,
@@ -108,8 +109,10 @@ def test_a_learning_rate_changed_at_resume_is_the_one_the_resumed_run_uses(tmp_p
         "collector.total_frames=250",
         "optim.lr=1e-4",
         "optim.actor_lr_decay_updates=1000",
+        "optim.fused_adam=false",
     )
-    assert "changed: optim.lr: 0.0003 -> 0.0001" in done.stdout
+    assert "optim.lr: 0.0003 -> 0.0001" in done.stdout
+    assert "optim.fused_adam: True -> False" in done.stdout
     final = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     updates = final["updates"]
     assert updates > saved["updates"]
@@ -118,6 +121,10 @@ def test_a_learning_rate_changed_at_resume_is_the_one_the_resumed_run_uses(tmp_p
     assert float(critic["lr"]) == pytest.approx(1e-4)
     assert float(actor["lr"]) == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi * updates / 1000)))
     assert final["state"]["actor_lr_schedule"]["base_lrs"] == [pytest.approx(1e-4)]
+    assert not critic["fused"] and not actor["fused"]
+    assert all(
+        group["fused"] for optim in ("critic_optim", "actor_optim") for group in saved["state"][optim]["param_groups"]
+    )
     steps = {int(s["step"]) for s in final["state"]["critic_optim"]["state"].values()}
     assert steps == {updates}  # the moments went on from the checkpoint's, not from a fresh optimizer
 
