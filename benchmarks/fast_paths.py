@@ -13,7 +13,10 @@ fast path turned off:
   loss (TorchRL's ``score_network`` contract) instead of through its split first layer, which computes
   the state term once per chain, the time term once per step (``EpsilonNetwork.denoiser`` and
   ``predict_noise``) and each chain step's first layer as one ``addmm``;
-- ``unfused-adam`` (eager only): ``optim.fused_adam=false``, torch's per-parameter Adam.
+- ``unfused-adam`` (eager only): ``optim.fused_adam=false``, torch's per-parameter Adam;
+- ``reference`` (eager only): not a fast path but the straightforward eager update none of them is in
+  (tests/reference_qsm.py: the critics in a Python loop, ``backward()``, plain Adam), which the issue asks
+  our eager update to be at least as fast as (a ratio above 1: ours is faster).
 
 The candidates run round-robin; each round times every candidate for ``--iters`` updates, and the ratio
 to ``default`` is taken within the round (the host's slow drifts cancel). A ratio above 1: the fast path
@@ -40,14 +43,20 @@ ROOT = Path(__file__).resolve().parents[1]
 for folder in (ROOT / "sota-implementations" / "qsm", ROOT / "benchmarks"):
     sys.path.insert(0, str(folder))
 
-from update_speed import make_batch, script_config
+from update_speed import make_batch, reference_update, script_config
 
 from torchrl_qsm import EpsilonNetwork, Mish
 
 import qsm
 from utils import make_env, set_matmul_kernels
 
-EAGER = {"default": (), "torch-mish": (), "concat-input": (), "unfused-adam": ("optim.fused_adam=false",)}
+EAGER = {
+    "default": (),
+    "torch-mish": (),
+    "concat-input": (),
+    "unfused-adam": ("optim.fused_adam=false",),
+    "reference": (),
+}
 COMPILED = {"default": (), "torch-mish": (), "concat-input": ()}
 
 
@@ -81,6 +90,8 @@ def own_code(update: Callable) -> Callable:
 
 
 def learner(name: str, width: int, compiled: bool, env, device) -> dict:
+    if name == "reference":
+        return {"learn": reference_update(width, device, env)}
     overrides = (EAGER if not compiled else COMPILED)[name]
     cfg = script_config(width, device, f"compile.compile={str(compiled).lower()}", *overrides)
     make_update = qsm.make_update

@@ -40,6 +40,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,17 +86,15 @@ def script_config(width: int, device, *overrides: str):
         return compose("config", overrides=overrides)
 
 
-def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict:
-    """``name: (update, actor)``; every agent as the training script (or the learning grid) builds it."""
-    env = make_env("cheetah", "run")  # 17-dim observations, 6-dim actions
-    cfg = script_config(width, device, f"compile.recompute_pointwise={recompute}")
-    qsm = make_learner(cfg, env, device)
+def reference_update(width: int, device, env) -> Callable[[TensorDict], TensorDict]:
+    """The straightforward eager QSM update: tests/reference_qsm.py's losses (the tests' oracle), ``backward()``,
+    plain Adam steps and the soft update, on an agent built as the training script builds it."""
     reference = make_learner(script_config(width, device, "optim.fused_adam=false"), env, device)
-    reference_losses = ReferenceQSM(reference["state"]["loss"]).losses
+    losses = ReferenceQSM(reference["state"]["loss"]).losses
     optimizers = [reference["state"]["actor_optim"], reference["state"]["critic_optim"]]
 
-    def reference_update(batch: TensorDict) -> TensorDict:
-        loss_actor, loss_qvalue = reference_losses(batch)
+    def update(batch: TensorDict) -> TensorDict:
+        loss_actor, loss_qvalue = losses(batch)
         (loss_actor + loss_qvalue).backward()
         for optimizer in optimizers:
             optimizer.step()
@@ -103,6 +102,14 @@ def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict
         reference["state"]["target_updater"].step()
         return TensorDict(loss_actor=loss_actor.detach(), loss_qvalue=loss_qvalue.detach())
 
+    return update
+
+
+def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict:
+    """``name: (update, actor)``; every agent as the training script (or the learning grid) builds it."""
+    env = make_env("cheetah", "run")  # 17-dim observations, 6-dim actions
+    cfg = script_config(width, device, f"compile.recompute_pointwise={recompute}")
+    qsm = make_learner(cfg, env, device)
     unchecked = make_learner(cfg, env, device)
     unchecked["state"]["loss"].check_finite = False
     sac_agent, td3_agent = sac(cfg, env, device), td3(cfg, env, device)
@@ -117,7 +124,7 @@ def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict
         "qsm-auto": (qsm_learner("qsm-auto")["learn"], None),
         "qsm-bf16": (qsm_learner("qsm-bf16")["learn"], None),
         "qsm-unchecked": (unchecked["learn"], None),
-        "qsm-reference": (reference_update, None),
+        "qsm-reference": (reference_update(width, device, env), None),
         "sac": (sac_agent["learn"], sac_agent["policy"]),
         "td3": (td3_agent["learn"], td3_agent["policy"]),
     }
