@@ -194,7 +194,7 @@ def check_compile_mode(compile_cfg: DictConfig, device: torch.device) -> None:
         raise ValueError(
             f"compile.mode={mode!r} on CPU: inductor's C++ GEMM templates, which this mode autotunes, fail to build "
             "the QSM update with torch 2.13 (an AssertionError in cpp_gemm_template at the first compiled update), "
-            "and were measured no faster than MKL or oneDNN here; use compile.mode=null (or default)."
+            "and in a first look they were no faster than MKL; use compile.mode=null (or default)."
         )
 
 
