@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchrl_qsm import choose_fp32_matmuls, matmul_shapes, QSMLoss
+from torchrl_qsm import choose_fp32_matmuls, kernels, matmul_shapes, QSMLoss
 from torchrl_qsm.kernels import PATHS
 
 from _helpers import make_actor, make_batch, make_critic
@@ -29,6 +29,9 @@ def test_a_path_that_rounds_is_refused_however_fast_it_is(onednn_computes_in_bf1
 
 
 def test_an_accurate_path_is_chosen_when_it_is_faster(monkeypatch):
+    # Both the speed and the accuracy are stubbed, so the test holds on any CPU: oneDNN's fp32 path is exact on
+    # CPUs without AMX and bf16 on those with it (the next test checks that real refusal where it happens).
+    monkeypatch.setattr(kernels, "_error", lambda ops: 1e-7)
     linear = F.linear
 
     def slow_default(*args):  # the default path made slower than any real difference
@@ -42,6 +45,14 @@ def test_an_accurate_path_is_chosen_when_it_is_faster(monkeypatch):
     assert choice.chosen == ONEDNN and choice.accurate == ["mkl", "onednn"]
     assert torch.backends.mkldnn.matmul.fp32_precision == "bf16"
     assert choice.errors["onednn"] <= choice.tolerance == 10 * choice.errors["mkl"]
+
+
+@pytest.mark.skipif(not torch.cpu._is_amx_tile_supported(), reason="only CPUs with AMX round oneDNN's fp32 to bf16")
+def test_on_a_cpu_with_amx_the_real_onednn_path_rounds_and_is_refused():
+    choice = choose_fp32_matmuls("cpu", SHAPES, min_speedup=0.0, verbose=False)
+
+    assert choice.errors["onednn"] > 100 * choice.errors["mkl"]
+    assert choice.chosen == DEFAULT and choice.accurate == ["mkl"]
 
 
 def test_the_choice_is_the_fastest_accurate_path_it_measured():
