@@ -161,3 +161,14 @@ def copy_run(run: Path, folder: Path) -> Path:
     """A copy of a finished run's folder, to resume or damage without touching the original."""
     shutil.copytree(run, folder, ignore=shutil.ignore_patterns(".lock"))
     return folder
+
+
+def exact_posterior_noise(x_t: torch.Tensor, alpha_bar: torch.Tensor, log_policy) -> torch.Tensor:
+    """``E[xi | x_t]`` for a 1-D policy ``pi ~ exp(log_policy)`` on ``[-1, 1]``, by quadrature on 4001 points:
+    ``(x_t - sqrt(abar) E[a0 | x_t]) / sigma`` with ``p(a0 | x_t) ~ N(x_t; sqrt(abar) a0, sigma^2) pi(a0)``."""
+    grid = torch.linspace(-1, 1, 4001, dtype=torch.float64)
+    x_t, alpha_bar = x_t.double(), torch.as_tensor(alpha_bar, dtype=torch.float64)
+    sigma = (1 - alpha_bar).sqrt()
+    log_post = -0.5 * (x_t[:, None] - alpha_bar.sqrt() * grid) ** 2 / sigma**2 + log_policy(grid)
+    a0 = (torch.softmax(log_post, dim=1) * grid).sum(1)
+    return (x_t - alpha_bar.sqrt() * a0) / sigma

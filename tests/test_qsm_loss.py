@@ -16,7 +16,16 @@ from torchrl.objectives import SoftUpdate, ValueEstimators
 from torchrl_qsm import QSMLoss
 from torchrl_qsm.objectives.qsm import NonFiniteError
 
-from _helpers import ACTION_DIM, box, make_actor, make_batch, make_critic, OBS_DIM, pin_critics
+from _helpers import (
+    ACTION_DIM,
+    box,
+    exact_posterior_noise,
+    make_actor,
+    make_batch,
+    make_critic,
+    OBS_DIM,
+    pin_critics,
+)
 
 
 def make_loss(**kwargs):
@@ -50,6 +59,107 @@ def test_actor_loss_regresses_eps_on_minus_alpha_mean_critic_gradient_at_the_noi
     eps_pred = module.score_network(torch.cat([noised, data["observation"], t.float().unsqueeze(-1)], -1))
     expected = (eps_pred - (-3.0 * g)).pow(2).mean()
     torch.testing.assert_close(actual, expected)
+
+
+def constant_eps_network(loss: QSMLoss, value: float) -> None:
+    """Makes the actor's eps-network output ``value`` everywhere (its last layer: zero weights, bias ``value``)."""
+    last = [m for m in loss.actor_network.module.score_network.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(value)
+
+
+class Parabola(nn.Module):
+    """Q(s, a) = -|a|^2, with a parameter, as QSMLoss expects of a critic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(()))
+
+    def forward(self, observation, action):
+        return -action.pow(2).sum(-1, keepdim=True) + 0 * self.unused
+
+
+def test_q_weighted_actor_loss_regresses_eps_on_the_posterior_noise_of_pi_proportional_to_exp_alpha_q():
+    # 1-D action, Q = -a^2, alpha 50: pi ~ exp(-50 a^2) on [-1, 1]. With an eps-network that
+    # outputs a constant c, the per-sample loss is (c - target)^2, so (L(-1) - L(+1)) / 4 is the loss's target;
+    # with 4096 candidates it is the exact posterior noise E[xi | a_t] within Monte-Carlo error, at every step.
+    critic = ValueOperator(Parabola(), in_keys=["observation", "action"])
+    loss = make_loss(
+        actor_kwargs=dict(obs_dim=1, action_dim=1),
+        critic=critic,
+        alpha=50.0,
+        score_target="q_weighted",
+        num_candidates=4096,
+        reduction="none",
+    )
+    pin_critics(loss, critic)
+    n = 64
+    data = TensorDict(observation=torch.zeros(n, 1), action=box(1).rand((n,)), batch_size=[n])
+    t = torch.arange(n) % 5
+    noise = torch.randn(n, 1)
+    losses = {}
+    for c in (-1.0, 1.0):
+        constant_eps_network(loss, c)
+        torch.manual_seed(7)  # the same candidates for both
+        losses[c], _ = loss.actor_loss(data, t=t, noise=noise)
+    target = (losses[-1.0] - losses[1.0]) / 4
+    alpha_bar = loss.actor_network.module.alphas_cumprod[t]
+    x_t = alpha_bar.sqrt() * data["action"].squeeze(-1) + (1 - alpha_bar).sqrt() * noise.squeeze(-1)
+    exact = torch.stack([exact_posterior_noise(x_t[i : i + 1], alpha_bar[i], lambda a: -50 * a**2) for i in range(n)])
+    torch.testing.assert_close(target.double(), exact.squeeze(-1), atol=0.05, rtol=0)
+
+
+def test_q_weighted_with_a_learned_alpha_is_trained_through_loss_alpha_only():
+    loss = make_loss(score_target="q_weighted", alpha="auto")
+    out = loss(make_batch((64,)))
+    assert {"loss_alpha", "policy_spread"} <= set(out.keys()) and "grad_q_norm" not in out.keys()
+    assert set(out.keys()) == set(loss.out_keys)
+
+    out["loss_actor"].backward(retain_graph=True)
+    assert loss.log_alpha.grad is None  # the eps target uses alpha detached
+    assert all(g is None for g in grads(loss.qvalue_network_params).values())
+    out["loss_alpha"].backward()
+    assert loss.log_alpha.grad is not None and loss.log_alpha.grad.item() != 0
+    assert all(g is None for g in grads(loss.qvalue_network_params).values())
+    # the spread is measured, not moved: calling the loss again leaves alpha where it was
+    before = loss.alpha.clone()
+    loss(make_batch((64,)))
+    assert loss.alpha == before
+
+
+def test_loss_alpha_raises_alpha_when_the_policy_is_broader_than_the_target_and_lowers_it_when_narrower():
+    loss = make_loss(score_target="q_weighted", alpha="auto", target_spread=0.1)
+    for spread, sign in ((0.3, -1), (0.03, 1)):  # d loss / d log_alpha: negative -> gradient descent raises alpha
+        loss.log_alpha.grad = None
+        loss.alpha_loss(torch.tensor(spread)).backward()
+        assert torch.sign(loss.log_alpha.grad).item() == sign
+
+
+def test_the_learned_alpha_is_a_parameter_saved_with_the_loss():
+    loss = make_loss(score_target="q_weighted", alpha="auto", alpha_init=3.0)
+    assert loss.alpha.item() == pytest.approx(3.0)
+    assert any(p is loss.log_alpha for p in loss.parameters())
+    with torch.no_grad():
+        loss.log_alpha.fill_(1.5)
+    restored = make_loss(score_target="q_weighted", alpha="auto")
+    restored.load_state_dict(loss.state_dict())
+    assert restored.alpha.item() == pytest.approx(torch.tensor(1.5).exp().item())
+
+
+def test_the_scaled_gradient_target_is_minus_sigma_t_alpha_g():
+    data = make_batch((16,))
+    t, eps = torch.randint(0, 5, (16,)), torch.randn(16, ACTION_DIM)
+    plain = make_loss(alpha=3.0, reduction="none")
+    scaled = make_loss(alpha=3.0, reduction="none", score_target="scaled_gradient")
+    scaled.load_state_dict(plain.state_dict())
+    for loss in (plain, scaled):
+        constant_eps_network(loss, 0.0)
+    # with eps_theta = 0 each per-sample loss is mean(target^2): the scaled one is sigma_t^2 times the plain one
+    sigma2 = 1 - plain.actor_network.module.alphas_cumprod[t]
+    torch.testing.assert_close(
+        scaled.actor_loss(data, t=t, noise=eps)[0], sigma2 * plain.actor_loss(data, t=t, noise=eps)[0]
+    )
 
 
 def test_qvalue_loss_regresses_both_critics_on_the_min_target_at_a_fresh_chain_sample():
@@ -537,6 +647,21 @@ def test_bad_options_are_refused_with_their_names():
         make_loss(reduction="avg")
     with pytest.raises(TypeError):
         make_loss(temperature=2.0)  # not an option of the loss
+    with pytest.raises(ValueError, match="Unknown score_target 'exact'"):
+        make_loss(score_target="exact")
+    with pytest.raises(ValueError, match="normalize_grad .* score_target='q_weighted' excludes it"):
+        make_loss(score_target="q_weighted", normalize_grad=True)
+    with pytest.raises(ValueError, match="data_score .* score_target='q_weighted' excludes it"):
+        make_loss(score_target="q_weighted", data_score=True)
+    with pytest.raises(ValueError, match="give score_target='scaled_gradient' a number"):
+        make_loss(score_target="scaled_gradient", alpha="auto")
+    with pytest.raises(ValueError, match="num_candidates .* must be >= 2, got 1"):
+        make_loss(score_target="q_weighted", num_candidates=1)
+    for name in ("target_spread", "alpha_init"):
+        with pytest.raises(ValueError, match=f"{name} must be finite and > 0"):
+            make_loss(score_target="q_weighted", alpha="auto", **{name: 0.0})
+    with pytest.raises(ValueError, match="target_spread=0.6 is not below sigma_0 / sqrt\\(alpha_bar_0\\) = 0.49"):
+        make_loss(score_target="q_weighted", alpha="auto", target_spread=0.6)
 
 
 def test_unbounded_spec_and_missing_bounds_are_refused():

@@ -291,8 +291,12 @@ def test_the_faithful_preset_states_the_library_defaults():
         **{k: v.default for k, v in inspect.signature(DiffusionActor).parameters.items()},
     }
     for name in (
+        "score_target",
         "alpha",
         "alpha_curvature",
+        "num_candidates",
+        "target_spread",
+        "alpha_init",
         "grad_at",
         "critic_reduction",
         "normalize_grad",

@@ -52,7 +52,9 @@ ALGORITHMS = {  # the script and its first arguments
     "qsm": QSM,  # the authors' recipe (the default preset)
     "qsm-robust": [*QSM, "diffusion=robust"],
     "qsm-auto": [*QSM, "diffusion=auto"],
-    "sac": [BASELINES, "sac"],
+    "qsm-consistent": [*QSM, "diffusion=consistent"],  # the noise-consistent target, learned temperature
+    "sac": [BASELINES, "sac"],  # TorchRL's sota recipe: initial entropy coefficient 1.0
+    "sac-alpha0.1": [BASELINES, "sac", "--alpha-init", "0.1"],  # pytorch_sac's initial coefficient
     "td3": [BASELINES, "td3"],
 }
 TASKS = ("cheetah_run", "walker_walk", "cartpole_swingup")

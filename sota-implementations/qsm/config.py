@@ -98,8 +98,13 @@ class NetworkConfig:
 class DiffusionConfig:
     num_steps: int = MISSING
     schedule: str = MISSING
+    score_target: str = MISSING
     alpha: Any = MISSING  # a number or "auto"
     alpha_curvature: float = MISSING
+    num_candidates: int = MISSING
+    target_spread: float = MISSING
+    alpha_init: float = MISSING
+    alpha_lr: float = MISSING
     temperature: float = MISSING
     exploration_std: float = MISSING
     policy_noise: float = MISSING
@@ -180,6 +185,7 @@ STRUCTURAL_FIELDS = (
     "network",
     "diffusion.num_steps",
     "diffusion.schedule",
+    "diffusion.score_target",
     "replay_buffer.size",
     "replay_buffer.prb",
 )

@@ -40,6 +40,7 @@ from update import make_update
 from utils import (
     compile_enabled,
     compile_update,
+    make_alpha_optimizer,
     make_critic,
     make_eval_env,
     make_logger,
@@ -56,7 +57,9 @@ def make_learner(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
     actor, exploration_policy = make_qsm_agent(cfg, env, device)
     loss, target_updater = make_loss_module(cfg, actor, make_critic(cfg, env, device))
     actor_optim, critic_optim, actor_lr_schedule = make_optimizers(cfg, loss)
-    update = make_update(loss, [actor_optim, critic_optim], target_updater, cfg.optim.bf16_matmuls)
+    alpha_optim = make_alpha_optimizer(cfg, loss)
+    optimizers = [actor_optim, critic_optim] + ([alpha_optim] if alpha_optim else [])
+    update = make_update(loss, optimizers, target_updater, cfg.optim.bf16_matmuls)
 
     if compile_enabled(cfg, device)[0]:
         update = compile_update(update, cfg, device)
@@ -74,6 +77,8 @@ def make_learner(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
         "actor_lr_schedule": actor_lr_schedule,
         "target_updater": target_updater,
     }
+    if alpha_optim:
+        state["alpha_optim"] = alpha_optim
     best_of_n = BestOfNActor(actor, loss.state_action_value, cfg.eval.best_of_n)
     return dict(
         policy=actor, exploration_policy=exploration_policy, learn=learn, state=state, best_of_n_policy=best_of_n

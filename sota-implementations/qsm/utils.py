@@ -173,8 +173,12 @@ def make_loss_module(cfg: DictConfig, actor: DiffusionActor, critic: ValueOperat
     loss = QSMLoss(
         actor,
         critic,
+        score_target=d.score_target,
         alpha=d.alpha,
         alpha_curvature=d.alpha_curvature,
+        num_candidates=d.num_candidates,
+        target_spread=d.target_spread,
+        alpha_init=d.alpha_init,
         grad_at=d.grad_at,
         critic_reduction=d.critic_reduction,
         normalize_grad=d.normalize_grad,
@@ -184,8 +188,8 @@ def make_loss_module(cfg: DictConfig, actor: DiffusionActor, critic: ValueOperat
     return loss, SoftUpdate(loss, tau=cfg.optim.tau)
 
 
-def adam(cfg: DictConfig, params) -> torch.optim.Adam:
-    """Adam over the trainable entries.
+def adam(cfg: DictConfig, params, lr: float | None = None) -> torch.optim.Adam:
+    """Adam over the trainable entries, at ``lr`` (default ``optim.lr``).
 
     The learning rate is a tensor, so schedulers update it in place and a compiled update does not
     recompile when it changes; on CUDA the step is capturable, so the update can run as a CUDA graph.
@@ -194,7 +198,7 @@ def adam(cfg: DictConfig, params) -> torch.optim.Adam:
     device = params[0].device
     return torch.optim.Adam(
         params,
-        lr=torch.tensor(cfg.optim.lr, device=device),
+        lr=torch.tensor(cfg.optim.lr if lr is None else lr, device=device),
         fused=cfg.optim.fused_adam or None,
         capturable=device.type == "cuda",
     )
@@ -215,6 +219,11 @@ def make_optimizers(
     critic_optim = adam(cfg, loss.qvalue_network_params.values(True, True))
     decay = functools.partial(cosine_decay, cfg.optim.actor_lr_decay_updates)
     return actor_optim, critic_optim, torch.optim.lr_scheduler.LambdaLR(actor_optim, decay)
+
+
+def make_alpha_optimizer(cfg: DictConfig, loss: QSMLoss) -> torch.optim.Adam | None:
+    """Adam for ``log_alpha`` (``diffusion.alpha_lr``) where the loss learns it (``q_weighted`` with ``alpha=auto``)."""
+    return adam(cfg, [loss.log_alpha], lr=cfg.diffusion.alpha_lr) if loss.learn_alpha else None
 
 
 def set_matmul_kernels(cfg: DictConfig, device: torch.device, *networks: torch.nn.Module) -> MatmulChoice:

@@ -24,7 +24,9 @@ from torchrl.objectives.utils import (
 
 from torchrl_qsm.contract import bounded_action_spec, diffusion_policy, DiffusionPolicyModule
 from torchrl_qsm.diagnostics import edge_fraction
+from torchrl_qsm.diffusion.posterior import posterior_candidates, posterior_spread, weighted_noise
 
+ScoreTarget = Literal["gradient", "q_weighted", "scaled_gradient"]
 GradAt = Literal["noised", "clean"]
 CriticReduction = Literal["mean", "min"]
 LossFunction = Literal["l2", "l1", "smooth_l1"]
@@ -51,9 +53,35 @@ class QSMLoss(LossModule):
     (the authors' ``M_q``): at the fixed point ``pi(a|s) ~ exp(alpha Q(s, a))`` (paper eq. 20), so
     it acts as an inverse temperature.
 
-    ``alpha="auto"`` sets it from the critic, the way ``SACLoss`` sets its temperature, so that it
-    means the same thing on every task. Near a maximum ``a*`` where ``Q`` has curvature ``kappa``
-    in the action (``Q ~ Q* - kappa/2 |a - a*|^2``), the fixed point ``eps = alpha kappa (x - a*)``
+    That target (``score_target="gradient"``, the paper's) is the same at every noise level ``t``, while
+    the chain must traverse the *noised* policy, whose score at high noise is far milder. With a sharp
+    policy (large ``alpha`` times the critic's curvature) the 5-step sampler oscillates and its clipping
+    leaves the samples on the box edges (README, "The sampler's edge collapse"). ``score_target="q_weighted"``
+    regresses instead on the noise a perfect eps-network predicts for ``pi ~ exp(alpha Q)`` on the action box,
+    the posterior mean ``E[xi | a_t]`` (:mod:`torchrl_qsm.diffusion.posterior`)::
+
+        xi_k ~ N(0, I) restricted so that a0_k = (a_t - sigma_t xi_k) / sqrt(alpha_bar_t) is in the box, k = 1..K
+        w_k  = softmax_k(alpha R_i Q_i(s, a0_k))        (R: mean or min over the online critics, detached)
+        L_pi = mean_dims (eps_theta(a_t, s, t) - sum_k w_k xi_k)^2
+
+    It is right at every noise level, bounded, and its support is the box, so ``alpha`` only sets how sharp
+    the policy is: the chain stays interior and keeps several modes. It costs ``K`` critic evaluations per
+    sample and no action gradient. ``score_target="scaled_gradient"`` is the cheap noise-aware variant,
+    ``-sigma_t alpha g`` (the first-order form of the posterior mean at small ``sigma_t``).
+
+    ``alpha="auto"`` with ``"q_weighted"`` learns ``log_alpha`` the way ``SACLoss`` learns its temperature, through
+    a ``loss_alpha`` output: the spread of ``pi`` the last denoising step resolves (the candidates' posterior
+    standard deviation of ``a0`` at ``t = 0``, in the chain's ``[-1, 1]`` box, geometric mean over action dims)
+    is held at ``target_spread``, which means the same on every task::
+
+        loss_alpha = log_alpha * (log target_spread - log spread).detach()
+
+    A broader policy than the target raises ``alpha`` (sharper), a narrower one lowers it. Only ``log_alpha``
+    gets a gradient from ``loss_alpha``, and the eps target uses ``alpha`` detached.
+
+    ``alpha="auto"`` with the ``"gradient"`` target sets it from the critic, so that it means the same
+    thing on every task: it holds the chain in its stable window. Near a maximum ``a*`` where ``Q`` has
+    curvature ``kappa`` in the action (``Q ~ Q* - kappa/2 |a - a*|^2``), the fixed point ``eps = alpha kappa (x - a*)``
     makes each of the sampler's steps map a deviation ``d`` to::
 
         d <- (1 - c_t alpha kappa) d / sqrt(alpha_t),     c_t = beta_t / sqrt(1 - alpha_bar_t)
@@ -97,10 +125,18 @@ class QSMLoss(LossModule):
         action_spec: the bounded action spec (exclusive with ``bounds``); default: the actor's spec.
         bounds: ``(low, high)`` action bounds (exclusive with ``action_spec``).
         num_qvalue_nets: number of critics (2, as in the paper).
-        alpha: the scale of ``grad_a Q`` in the eps target (default 50, the authors' ``M_q``;
-            120 for quadruped_walk and humanoid_walk), or ``"auto"`` (set from the critic's
-            curvature, above). With ``normalize_grad`` it is the mean magnitude of the eps target
-            instead (try 1).
+        score_target: ``"gradient"`` (default, the paper's ``-alpha g``), ``"q_weighted"`` (the posterior noise
+            of ``pi ~ exp(alpha Q)``, above) or ``"scaled_gradient"`` (``-sigma_t alpha g``).
+        alpha: the inverse temperature of ``pi ~ exp(alpha Q)``: the scale of ``grad_a Q`` in the eps target
+            (default 50, the authors' ``M_q``; 120 for quadruped_walk and humanoid_walk), or ``"auto"``: with
+            ``"gradient"`` set from the critic's curvature, with ``"q_weighted"`` learned through ``loss_alpha``
+            (above). With ``normalize_grad`` it is the mean magnitude of the eps target instead (try 1).
+        num_candidates: ``K``, the noise candidates per sample of ``"q_weighted"`` (default 16; the README's
+            performance section measures the cost).
+        target_spread: the policy spread ``alpha="auto"`` holds with ``"q_weighted"`` (default 0.1 of the box's
+            half-width; SAC's default target entropy, ``-1`` nat per action dim, is a Gaussian of std 0.09 there).
+            It must lie below ``sigma_0 / sqrt(alpha_bar_0)``, the widest spread the last step can resolve.
+        alpha_init: the first ``alpha`` of the learned ``"q_weighted"`` auto mode (default 1).
         alpha_curvature: the product ``alpha * kappa_hat`` that ``alpha="auto"`` holds (default 1.5).
         curvature_samples: how many transitions of each batch the curvature is measured at
             (default 64; each costs one more action gradient through the critics).
@@ -209,7 +245,11 @@ class QSMLoss(LossModule):
         action_spec: TensorSpec | None = None,
         bounds: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
         num_qvalue_nets: int = 2,
+        score_target: ScoreTarget = "gradient",
         alpha: float | Literal["auto"] = 50.0,
+        num_candidates: int = 16,
+        target_spread: float = 0.1,
+        alpha_init: float = 1.0,
         alpha_curvature: float = 1.5,
         curvature_samples: int = 64,
         grad_at: GradAt = "noised",
@@ -228,11 +268,27 @@ class QSMLoss(LossModule):
     ) -> None:
         self._in_keys = None
         super().__init__()
+        _check_choice("score_target", score_target, ScoreTarget)
         _check_choice("grad_at", grad_at, GradAt)
         _check_choice("critic_reduction", critic_reduction, CriticReduction)
         _check_choice("loss_function", loss_function, LossFunction)
         _check_choice("reduction", "mean" if reduction is None else reduction, Reduction)
-        self.auto_alpha = alpha == "auto"
+        self.score_target = score_target
+        self.learn_alpha = alpha == "auto" and score_target == "q_weighted"
+        self.auto_alpha = alpha == "auto" and score_target == "gradient"  # the curvature rule
+        if score_target != "gradient" and normalize_grad:
+            raise ValueError(f"normalize_grad rescales the gradient target; score_target={score_target!r} excludes it.")
+        if alpha == "auto" and score_target == "scaled_gradient":
+            raise ValueError(
+                "alpha='auto' is defined for score_target='gradient' (curvature) and 'q_weighted' (learned); "
+                "give score_target='scaled_gradient' a number."
+            )
+        if score_target == "q_weighted" and num_candidates < 2:
+            raise ValueError(f"num_candidates (K noise candidates per sample) must be >= 2, got {num_candidates}.")
+        if self.learn_alpha:
+            for name, value in (("target_spread", target_spread), ("alpha_init", alpha_init)):
+                if not (math.isfinite(value) and value > 0):
+                    raise ValueError(f"{name} must be finite and > 0, got {value}.")
         if self.auto_alpha:
             if normalize_grad:
                 raise ValueError("alpha='auto' sets the scale of grad_a Q itself; it excludes normalize_grad=True.")
@@ -242,11 +298,13 @@ class QSMLoss(LossModule):
                 )
             if curvature_samples < 1:
                 raise ValueError(f"curvature_samples must be >= 1, got {curvature_samples}.")
-        elif isinstance(alpha, str) or not (math.isfinite(alpha) and alpha > 0):
+        elif alpha != "auto" and (isinstance(alpha, str) or not (math.isfinite(alpha) and alpha > 0)):
             raise ValueError(f"alpha (the scale of grad_a Q) must be 'auto' or a finite number > 0, got {alpha!r}.")
         for name, value in (("policy_noise", policy_noise), ("noise_clip", noise_clip)):
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}.")
+        if data_score and score_target != "gradient":
+            raise ValueError(f"data_score tilts the gradient target; score_target={score_target!r} excludes it.")
         if num_qvalue_nets < 1:
             raise ValueError(f"num_qvalue_nets must be >= 1, got {num_qvalue_nets}.")
         module = _diffusion_module(actor_network)
@@ -256,6 +314,8 @@ class QSMLoss(LossModule):
         self.use_prioritized_weights = use_prioritized_weights
         self.reduction = "mean" if reduction is None else reduction
         self.grad_at = grad_at
+        self.num_candidates = num_candidates
+        self.target_spread = target_spread
         self.critic_reduction = critic_reduction
         self.normalize_grad = normalize_grad
         self.data_score = data_score
@@ -281,15 +341,28 @@ class QSMLoss(LossModule):
             self.register_buffer("curvature_weight", torch.zeros((), device=device))
             self.register_buffer("log_alpha", torch.zeros((), device=device))
             self.out_keys = [*self.out_keys, "action_curvature"]
+        elif self.learn_alpha:
+            widest = ((1 - module.alphas_cumprod[0]) / module.alphas_cumprod[0]).sqrt().item()
+            if target_spread >= widest:
+                raise ValueError(
+                    f"target_spread={target_spread} is not below sigma_0 / sqrt(alpha_bar_0) = {widest:.3g}, the "
+                    "widest posterior spread the last denoising step can resolve with this schedule: lower it."
+                )
+            self.log_alpha = torch.nn.Parameter(torch.tensor(math.log(alpha_init), device=device))
+            self.out_keys = [*self.out_keys, "loss_alpha"]
         else:
             self._alpha = alpha
+        if score_target == "q_weighted":
+            self.out_keys = [key for key in self.out_keys if key != "grad_q_norm"] + ["policy_spread"]
         self._make_vmap()
 
     @property
     def alpha(self) -> float | torch.Tensor:
         """The scale of ``grad_a Q`` in the eps target: the constructor's number, or the auto mode's
         current value (a 0-dim tensor; 1 until the first ``actor_loss`` call measures the critic)."""
-        return self.log_alpha.exp() if self.auto_alpha else self._alpha
+        if self.auto_alpha or self.learn_alpha:
+            return self.log_alpha.detach().exp()
+        return self._alpha
 
     @property
     def action_curvature(self) -> torch.Tensor:
@@ -478,6 +551,29 @@ class QSMLoss(LossModule):
         alpha = (self.alpha_curvature / self.action_curvature).clamp(low, high)
         self.log_alpha.copy_(alpha.log())
 
+    @torch.no_grad()
+    def _posterior_noise(
+        self, tensordict: TensorDictBase, x_t: torch.Tensor, alpha_bar: torch.Tensor, policy: DiffusionPolicyModule
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum_k w_k xi_k, spread)`` of the ``"q_weighted"`` target (the class docstring) for each sample.
+
+        The ``K`` candidates of every sample go through the vmapped critics as one ``[K, *B]`` batch.
+        """
+        low, high = policy.normalize(self.min_action), policy.normalize(self.max_action)
+        xi, a0 = posterior_candidates(x_t, alpha_bar, low, high, self.num_candidates)
+        candidates = tensordict.select(*self.qvalue_network.in_keys, strict=False)
+        candidates = candidates.expand(self.num_candidates, *tensordict.shape).clone(False)
+        candidates.set(self.tensor_keys.action, policy.denormalize(a0))
+        q = self._critics(candidates, self._cached_detach_qvalue_network_params)
+        q = (q.mean(0) if self.critic_reduction == "mean" else q.min(0).values).squeeze(-1)
+        target, weights = weighted_noise(xi, self.alpha * q)
+        return target, posterior_spread(a0, weights)
+
+    def alpha_loss(self, policy_spread: torch.Tensor) -> torch.Tensor:
+        """``loss_alpha = log_alpha * (log target_spread - log policy_spread)``: learns ``alpha`` (the
+        ``"q_weighted"`` auto mode) from the spread ``actor_loss`` measured (its ``policy_spread`` output)."""
+        return self.log_alpha * (math.log(self.target_spread) - policy_spread.detach().log())
+
     def _check_loss(self, loss: torch.Tensor, name: str, param_sets: Sequence[str]) -> None:
         """Raises NonFiniteError naming the first non-finite parameter when ``loss`` is not finite."""
         if torch.isfinite(loss).all():
@@ -499,7 +595,7 @@ class QSMLoss(LossModule):
     def actor_loss(
         self, tensordict: TensorDictBase, *, t: torch.Tensor | None = None, noise: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Regresses ``eps_theta(a_t, s, t)`` on ``-alpha * g``; returns ``(loss, metrics)``.
+        """Regresses ``eps_theta(a_t, s, t)`` on the score target; returns ``(loss, metrics)``.
 
         ``t`` (integer steps, shape ``batch``) and ``noise`` (``eps``, the action's shape) are drawn
         from ``U{0..T-1}`` and ``N(0, I)`` unless given.
@@ -514,29 +610,43 @@ class QSMLoss(LossModule):
                 t = torch.randint(0, policy.num_steps, action.shape[:-1], device=action.device)
             noised, noise = policy.add_noise(action, t, noise)
             eps_pred = policy.predict_noise(noised, observation, t)
-            x = noised if self.grad_at == "noised" else policy.normalize(action)
-            grad_q = self._action_gradient(tensordict, x, policy.denormalize)
-            if self.auto_alpha:
-                self._update_alpha(tensordict, x, grad_q, policy.denormalize)
-            alphas_cumprod = policy.alphas_cumprod
-        scale = grad_q.abs().mean().clamp_min(1e-8) if self.normalize_grad else 1.0
+            alpha_bar = policy.alphas_cumprod[t].unsqueeze(-1)
+            if self.score_target == "q_weighted":
+                eps_target, spread = self._posterior_noise(tensordict, noised, alpha_bar, policy)
+            else:
+                x = noised if self.grad_at == "noised" else policy.normalize(action)
+                grad_q = self._action_gradient(tensordict, x, policy.denormalize)
+                if self.auto_alpha:
+                    self._update_alpha(tensordict, x, grad_q, policy.denormalize)
         alpha = self.alpha
-        q_score = alpha * grad_q / scale
-        if self.data_score:  # sigma_t = sqrt(1 - alpha_bar_t), from the contract's alphas_cumprod
-            eps_target = noise - (1 - alphas_cumprod[t]).sqrt().unsqueeze(-1) * q_score
+        metrics = {}
+        if self.score_target == "q_weighted":
+            # the spread at t = 0 (the class docstring); a batch without such a sample reads as on target
+            first = t == 0
+            log_spread = torch.where(first, spread.log(), 0.0).sum() / first.sum().clamp_min(1)
+            log_spread = torch.where(first.any(), log_spread, math.log(self.target_spread))
+            metrics["policy_spread"] = log_spread.exp()
         else:
-            eps_target = -q_score
+            scale = grad_q.abs().mean().clamp_min(1e-8) if self.normalize_grad else 1.0
+            q_score = alpha * grad_q / scale
+            sigma = (1 - alpha_bar).sqrt()
+            if self.data_score:
+                eps_target = noise - sigma * q_score
+            elif self.score_target == "scaled_gradient":
+                eps_target = -sigma * q_score
+            else:
+                eps_target = -q_score
+            metrics["grad_q_norm"] = grad_q.norm(dim=-1).mean()
         loss = (eps_pred - eps_target).pow(2).mean(-1)
         loss = self._reduce_loss(loss, tensordict=tensordict, weights=self._maybe_get_priority_weight(tensordict))
         if self._finite_checks_on():
             self._check_loss(loss, "loss_actor", ("actor_network_params", "qvalue_network_params"))
         eps_pred = eps_pred.detach()
-        metrics = {
-            "grad_q_norm": grad_q.norm(dim=-1).mean(),
-            "eps_pred_mean": eps_pred.mean(),
-            "eps_pred_std": eps_pred.std(),
-            "alpha": torch.as_tensor(alpha, dtype=grad_q.dtype, device=grad_q.device).detach(),
-        }
+        metrics.update(
+            eps_pred_mean=eps_pred.mean(),
+            eps_pred_std=eps_pred.std(),
+            alpha=torch.as_tensor(alpha, dtype=eps_pred.dtype, device=eps_pred.device),
+        )
         if self.auto_alpha:
             metrics["action_curvature"] = self.action_curvature.detach()
         self._clear_weakrefs(
@@ -606,6 +716,8 @@ class QSMLoss(LossModule):
         loss_qvalue, metrics_qvalue = self.qvalue_loss(tensordict)
         loss_actor, metrics_actor = self.actor_loss(tensordict)
         tensordict.set(self.tensor_keys.priority, metrics_qvalue.pop("td_error"))
+        if self.learn_alpha:
+            metrics_actor["loss_alpha"] = self.alpha_loss(metrics_actor["policy_spread"])
         return TensorDict(loss_actor=loss_actor, loss_qvalue=loss_qvalue, **metrics_actor, **metrics_qvalue)
 
     def make_value_estimator(self, value_type: ValueEstimators | None = None, **hyperparams) -> QSMLoss:
