@@ -87,3 +87,24 @@ def test_the_summary_covers_every_task_at_its_own_budget(tmp_path):
     assert "| 0.25 / 0.25 | 810.5 +- 0.7 (2 seeds) |" in summary
     assert "| walker_run | sac | 2 | 50000 | 200.5 +- 0.7 |" in summary
     assert (out / "cartpole_balance.png").is_file() and (out / "walker_run.png").is_file()
+
+
+def test_welch_s_t_matches_its_definition_and_a_known_p_value():
+    # the Welch-Satterthwaite test of two seed sets; p checked against scipy.stats.ttest_ind(equal_var=False)
+    t, df, p = grid.welch([648.0, 620.0, 670.0], [401.0, 340.0, 460.0])
+    assert (t, df, p) == pytest.approx((6.5437, 2.6771, 0.010210), rel=1e-4)
+    assert grid.welch([1.0], [2.0, 3.0])[2] != grid.welch([1.0], [2.0, 3.0])[2]  # nan with one seed
+
+
+def test_each_qsm_variant_is_compared_with_the_better_sac_of_its_task(tmp_path):
+    out = tmp_path / "results"
+    for algorithm, finals in {"qsm": (300, 310, 320), "sac": (100, 110, 120), "sac-alpha0.1": (290, 300, 310)}.items():
+        for seed, final in enumerate(finals):
+            write_csv(out / "finger_spin" / f"{algorithm}_seed{seed}.csv", [(50_000, float(final))])
+    grid.summarize(grid_args(tmp_path, frames=50_000))
+    rows = list(csv.DictReader(open(out / "vs_sac.csv")))
+    assert [(r["task"], r["qsm"], r["sac"]) for r in rows] == [("finger_spin", "qsm", "sac-alpha0.1")]
+    assert float(rows[0]["welch_p"]) > 0.05 and rows[0]["verdict"] == "no significant difference"
+    assert (
+        "| finger_spin | qsm | 310.0 +- 10.0 | sac-alpha0.1 | 300.0 +- 10.0 | 3, 3 |" in (out / "vs_sac.md").read_text()
+    )

@@ -25,6 +25,9 @@ Writes under ``--out`` (default benchmarks/results/learning):
                                    (mean and std over seeds), edge fraction (mean over evaluations
                                    and final), final best-of-N return, wall time per run: every
                                    task folder under --out, each at its own budget (its longest run)
+  vs_sac.md, vs_sac.csv            each QSM variant against the better SAC of the task (sac, TorchRL's
+                                   recipe, or sac-alpha0.1, pytorch_sac's initial temperature: the higher
+                                   final mean), with Welch's t over seeds and its two-sided p
   <task>.png                       eval return against frames, mean over seeds with a +-std band
   commands.txt                     the exact command of every run
 Run folders (checkpoints, logs) go to ``--runs`` (default outputs/learning, not committed).
@@ -179,6 +182,69 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Welch's t-test of mean(a) - mean(b): ``(t, degrees of freedom, two-sided p)``; nan with fewer than 2 seeds."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan, math.nan
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return math.nan, math.nan, math.nan
+    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t, df, incomplete_beta(df / 2, 0.5, df / (df + t * t))  # P(|T_df| > |t|)
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (Numerical Recipes, betacf)."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    if x > (a + 1) / (a + b + 2):
+        return 1 - incomplete_beta(b, a, 1 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x)) / a
+    c, d, f = 1.0, 0.0, 1.0
+    for i in range(400):
+        m = i // 2
+        if i == 0:
+            numerator = 1.0
+        elif i % 2 == 0:
+            numerator = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            numerator = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1 + numerator * d
+        d = 1 / (d if abs(d) > 1e-300 else 1e-300)
+        c = 1 + numerator / (c if abs(c) > 1e-300 else 1e-300)
+        f *= c * d
+        if abs(1 - c * d) < 1e-12:
+            break
+    return front * (f - 1)
+
+
+def compare_with_sac(table: list[dict]) -> list[dict]:
+    """Each QSM variant's final return against the better SAC of its task (the higher final mean over seeds)."""
+    rows = []
+    for task in dict.fromkeys(row["task"] for row in table):
+        of_task = [row for row in table if row["task"] == task]
+        sacs = [row for row in of_task if row["algorithm"].startswith("sac")]
+        if not sacs:
+            continue
+        best = max(sacs, key=lambda row: row["final"][0])
+        for row in of_task:
+            if row["algorithm"].startswith("qsm"):
+                t, df, p = welch(row["finals"], best["finals"])
+                rows.append(
+                    {
+                        "task": task,
+                        "qsm": row["algorithm"],
+                        "qsm_final": row["final"],
+                        "sac": best["algorithm"],
+                        "sac_final": best["final"],
+                        "seeds": (row["seeds"], best["seeds"]),
+                        "welch": (t, df, p),
+                    }
+                )
+    return rows
+
+
 def summarize(args) -> None:
     """summary.md / summary.csv and one PNG per task, from the CSVs under --out."""
     import matplotlib
@@ -220,6 +286,7 @@ def summarize(args) -> None:
                     "seeds": len(curves),
                     "frames": max(c[-1][0] for c in curves),
                     "final": mean_std(final),
+                    "finals": final,
                     "auc": mean_std(auc),
                     "edge_fraction": mean_std(edges),
                     "final_edge_fraction": mean_std([c[-1][2] for c in curves]),
@@ -296,6 +363,49 @@ def summarize(args) -> None:
                 ]
             )
     print("\n".join(lines))
+    write_vs_sac(out, compare_with_sac(table))
+
+
+def write_vs_sac(out: Path, rows: list[dict]) -> None:
+    """vs_sac.md and vs_sac.csv: each QSM variant against the better SAC of its task (compare_with_sac)."""
+
+    def verdict(row):
+        t, _, p = row["welch"]
+        if math.isnan(p) or p >= 0.05:
+            return "no significant difference"
+        return "QSM higher" if t > 0 else "SAC higher"
+
+    lines = [
+        "| task | QSM variant | QSM final | better SAC | SAC final | seeds QSM, SAC | Welch t | df | p | at p < 0.05 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        t, df, p = row["welch"]
+        lines.append(
+            f"| {row['task']} | {row['qsm']} | {row['qsm_final'][0]:.1f} +- {row['qsm_final'][1]:.1f} | {row['sac']} | "
+            f"{row['sac_final'][0]:.1f} +- {row['sac_final'][1]:.1f} | {row['seeds'][0]}, {row['seeds'][1]} | "
+            f"{t:.2f} | {df:.1f} | {p:.3f} | {verdict(row)} |"
+        )
+    (out / "vs_sac.md").write_text("\n".join(lines) + "\n")
+    with open(out / "vs_sac.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["task", "qsm", "qsm_final_mean", "qsm_final_std", "sac", "sac_final_mean", "sac_final_std"]
+            + ["qsm_seeds", "sac_seeds", "welch_t", "welch_df", "welch_p", "verdict"]
+        )
+        for row in rows:
+            writer.writerow(
+                [
+                    row["task"],
+                    row["qsm"],
+                    *row["qsm_final"],
+                    row["sac"],
+                    *row["sac_final"],
+                    *row["seeds"],
+                    *row["welch"],
+                    verdict(row),
+                ]
+            )
 
 
 def main() -> None:
