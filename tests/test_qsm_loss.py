@@ -147,6 +147,19 @@ def test_the_learned_alpha_is_a_parameter_saved_with_the_loss():
     assert restored.alpha.item() == pytest.approx(torch.tensor(1.5).exp().item())
 
 
+def test_the_first_critic_alone_is_the_target_s_critic_with_critic_reduction_first():
+    # TD3's actor reads its first critic only; here it halves the critic work of the q_weighted candidates
+    data = make_batch((16,))
+    t, eps = torch.randint(0, 5, (16,)), torch.randn(16, ACTION_DIM)
+    first = make_loss(alpha=3.0, critic_reduction="first")
+    alone = make_loss(alpha=3.0, num_qvalue_nets=1)
+    with torch.no_grad():
+        alone.actor_network_params.copy_(first.actor_network_params)
+        alone.qvalue_network_params.copy_(first.qvalue_network_params[:1])
+    torch.testing.assert_close(first.actor_loss(data, t=t, noise=eps)[0], alone.actor_loss(data, t=t, noise=eps)[0])
+    torch.testing.assert_close(first.state_action_value(data), alone.state_action_value(data))
+
+
 def test_the_scaled_gradient_target_is_minus_sigma_t_alpha_g():
     data = make_batch((16,))
     t, eps = torch.randint(0, 5, (16,)), torch.randn(16, ACTION_DIM)

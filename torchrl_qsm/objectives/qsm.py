@@ -28,7 +28,7 @@ from torchrl_qsm.diffusion.posterior import posterior_candidates, posterior_spre
 
 ScoreTarget = Literal["gradient", "q_weighted", "scaled_gradient"]
 GradAt = Literal["noised", "clean"]
-CriticReduction = Literal["mean", "min"]
+CriticReduction = Literal["mean", "min", "first"]
 LossFunction = Literal["l2", "l1", "smooth_l1"]
 Reduction = Literal["mean", "sum", "none"]
 
@@ -61,7 +61,7 @@ class QSMLoss(LossModule):
     the posterior mean ``E[xi | a_t]`` (:mod:`torchrl_qsm.diffusion.posterior`)::
 
         xi_k ~ N(0, I) restricted so that a0_k = (a_t - sigma_t xi_k) / sqrt(alpha_bar_t) is in the box, k = 1..K
-        w_k  = softmax_k(alpha R_i Q_i(s, a0_k))        (R: mean or min over the online critics, detached)
+        w_k  = softmax_k(alpha R_i Q_i(s, a0_k))        (R: mean, min or first of the online critics, detached)
         L_pi = mean_dims (eps_theta(a_t, s, t) - sum_k w_k xi_k)^2
 
     It is right at every noise level, bounded, and its support is the box, so ``alpha`` only sets how sharp
@@ -142,7 +142,8 @@ class QSMLoss(LossModule):
             (default 64; each costs one more action gradient through the critics).
         grad_at: ``"noised"`` (default, the authors' code: ``grad_a Q`` at ``a_t``) or ``"clean"``
             (at the replay action, as Algorithm 1 is written).
-        critic_reduction: ``"mean"`` (default, the authors') or ``"min"`` over critics for ``g``.
+        critic_reduction: which critics the actor's target reads: ``"mean"`` (default, the authors') or ``"min"``
+            over them, or ``"first"`` alone (TD3's actor; half the critic work of the ``"q_weighted"`` candidates).
         normalize_grad: divide ``g`` by its batch mean magnitude ``mean |g|`` (default ``False``):
             the target then no longer depends on the critic's scale, which keeps the chain stable
             (see the README's notes on the sampler).
@@ -504,7 +505,13 @@ class QSMLoss(LossModule):
         """``Q(s, a)`` as the actor's target sees it: the mean (``critic_reduction="min"``: the min)
         over the critics, ``[*B, 1]``, no gradients; e.g. the ranking of
         :class:`~torchrl_qsm.BestOfNActor`."""
-        q = self._critics(tensordict, self.qvalue_network_params)
+        return self._reduced_q(tensordict, self.qvalue_network_params)
+
+    def _reduced_q(self, tensordict: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
+        """``R_i Q_i(s, a)``, ``[*B, 1]``: the mean or the min over the critics, or the first critic alone."""
+        if self.critic_reduction == "first":
+            return self._critics(tensordict, params[:1])[0]
+        q = self._critics(tensordict, params)
         return q.mean(0) if self.critic_reduction == "mean" else q.min(0).values
 
     def _action_gradient(
@@ -519,9 +526,7 @@ class QSMLoss(LossModule):
         action_key = self.tensor_keys.action
 
         def total_q(x: torch.Tensor) -> torch.Tensor:
-            q = self._critics(tensordict.clone(False).set(action_key, to_action(x)), params)
-            q = q.mean(0) if self.critic_reduction == "mean" else q.min(0).values
-            return q.sum()
+            return self._reduced_q(tensordict.clone(False).set(action_key, to_action(x)), params).sum()
 
         return torch.func.grad(total_q)(x.detach())
 
@@ -564,8 +569,7 @@ class QSMLoss(LossModule):
         candidates = tensordict.select(*self.qvalue_network.in_keys, strict=False)
         candidates = candidates.expand(self.num_candidates, *tensordict.shape).clone(False)
         candidates.set(self.tensor_keys.action, policy.denormalize(a0))
-        q = self._critics(candidates, self._cached_detach_qvalue_network_params)
-        q = (q.mean(0) if self.critic_reduction == "mean" else q.min(0).values).squeeze(-1)
+        q = self._reduced_q(candidates, self._cached_detach_qvalue_network_params).squeeze(-1)
         target, weights = weighted_noise(xi, self.alpha * q)
         return target, posterior_spread(a0, weights)
 
