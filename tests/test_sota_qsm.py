@@ -313,20 +313,22 @@ def test_the_faithful_preset_states_the_library_defaults():
 
 def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_policy(tmp_path):
     # compile.compile wraps the update in torch.compile; compile.policy is the Collector's compile_policy.
-    # (with optim.bf16_matmuls too: the update's autocast runs under the compiled update; with alpha=auto,
-    # whose buffers the compiled update writes, and the best-of-N evaluation; one evaluation episode, whose
-    # spread is 0, not torch's nan)
-    run_script(
+    # (with optim.bf16_matmuls too: the update's autocast runs under the compiled update; with the
+    # noise-consistent target and its learned alpha, whose Adam the one-graph update steps, and the best-of-N
+    # evaluation; one evaluation episode, whose spread is 0, not torch's nan)
+    done = run_script(
         tmp_path,
         "eval.episodes=1",
         "compile.compile=true",
         "compile.policy=true",
         "optim.bf16_matmuls=true",
-        "diffusion=auto",
+        "diffusion=consistent",
         "eval.best_of_n=3",
         "logger.backend=csv",
     )
     assert_results(tmp_path, final_frame=200)
+    # the two warnings tensordict raises while dynamo traces the update are known to be harmless, and filtered
+    assert "inline_inbuilt_nn_modules" not in done.stderr and "lock_() inside a compiled graph" not in done.stderr
     evaluations = [row for row in read_returns(tmp_path) if row["eval_return"]]
     assert all(row["eval_best_of_n_return"] and row["eval_best_of_n_edge_fraction"] for row in evaluations)
     assert all(float(row["eval_return_std"]) == float(row["eval_best_of_n_return_std"]) == 0.0 for row in evaluations)

@@ -111,7 +111,8 @@ def rendering_available(cfg: DictConfig) -> bool:
 def make_eval_env(cfg: DictConfig, logger=None) -> EnvBase:
     """``eval.episodes`` copies of the task stepped together (one actor batch per step), physics on CPU.
 
-    Seeded by the training loop (``seed_eval_env``), which knows whether the run is resumed.
+    Seeded by the training loop before each evaluation (from ``env.seed`` and the frame count), which knows
+    whether the run is resumed.
     """
     video = bool(cfg.eval.video) and logger is not None and rendering_available(cfg)
     env = SerialEnv(cfg.eval.episodes, env_maker(cfg, from_pixels=video), device="cpu")
@@ -299,6 +300,7 @@ def compile_update(
     compiles.
     """
     mode = cfg.compile.mode or ("reduce-overhead" if device.type == "cuda" else "default")
+    quiet_known_compile_warnings()
     compiled = compile_with_warmup(update, mode=mode, warmup=warmup)
     recompute = cfg.compile.recompute_pointwise
     recompute = device.type == "cpu" if recompute is None else recompute
@@ -314,6 +316,23 @@ def compile_update(
             return compiled(batch)
 
     return run
+
+
+def quiet_known_compile_warnings() -> None:
+    """Silences the two warnings tensordict 0.14.3 raises, harmlessly, while dynamo traces the update.
+
+    - A ``FutureWarning``: tensordict reads ``torch._dynamo.config.inline_inbuilt_nn_modules``, which torch 2.13
+      deprecated (it is always on, and reading it does nothing).
+    - A ``UserWarning``: ``to_module`` locks the parameters' TensorDict inside the graph, where tensordict skips
+      its check that no child is unlocked under a locked parent; nothing in the update unlocks one.
+
+    Matched by message and by the module that warns, so any other warning still shows.
+    """
+    for category, message in (
+        (FutureWarning, r"torch\._dynamo\.config\.inline_inbuilt_nn_modules is deprecated"),
+        (UserWarning, r"Using lock_\(\) inside a compiled graph"),
+    ):
+        warnings.filterwarnings("ignore", message=message, category=category, module=r"tensordict\.utils")
 
 
 # --- data ------------------------------------------------------------------------------------------
