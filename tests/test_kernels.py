@@ -1,4 +1,4 @@
-"""The fp32 matmul path (torchrl_qsm.choose_fp32_matmuls): chosen only when a numerical check against float64
+"""The fp32 matmul path (torchrl_qsm.kernels.choose_fp32_matmuls): chosen only when a numerical check against float64
 proves it as accurate as torch's default on this machine, and then the update's numbers do not change."""
 
 import time
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torchrl_qsm import choose_fp32_matmuls, kernels, matmul_shapes, QSMLoss
-from torchrl_qsm.kernels import PATHS
+from torchrl_qsm import kernels, QSMLoss
+from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_shapes, PATHS
 
 from _helpers import make_actor, make_batch, make_critic
 from reference_qsm import ReferenceQSM

@@ -25,11 +25,18 @@ def test_trains_on_dm_control_and_writes_the_results_folder(tmp_path):
     assert "fp32 matmuls on cpu: mkl, torch's default (MKL)" in done.stdout  # TINY pins the default path
 
 
-def test_fp32_matmuls_auto_prints_its_choice_and_how_to_repeat_it(tmp_path):
-    done = run_script(tmp_path, "optim.fp32_matmuls=auto", "collector.total_frames=100", "eval.interval=100")
-    (line,) = [line for line in done.stdout.splitlines() if line.startswith("fp32 matmuls on cpu: ")]
-    chosen = line.removeprefix("fp32 matmuls on cpu: ").split(",")[0]
-    assert chosen in ("mkl", "onednn") and f"(optim.fp32_matmuls={chosen} repeats this choice)" in line
+def test_fp32_matmuls_auto_prints_its_choice_and_writes_it_into_the_run_s_config(capsys):
+    utils, cpu = script_module("utils"), torch.device("cpu")
+    cfg = compose_config(*TINY, "optim.fp32_matmuls=auto")
+    critic = utils.make_critic(cfg, utils.make_env("cartpole", "swingup"), cpu)
+    choice = utils.set_matmul_kernels(cfg, cpu, critic)
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fp32 matmuls on cpu: ")]
+    assert choice.chosen.name in ("mkl", "onednn") and cfg.optim.fp32_matmuls == choice.chosen.name
+    assert f"(optim.fp32_matmuls={choice.chosen.name} repeats this choice)" in line
+
+
+def test_torch_s_own_fp32_matmul_path_is_the_default_so_runs_repeat():
+    assert compose_config().optim.fp32_matmuls == "default"
 
 
 def test_a_pinned_fp32_matmul_path_that_rounds_is_refused(onednn_computes_in_bf16):

@@ -11,7 +11,6 @@ from torchrl_qsm.diffusion import (
     SinusoidalFeatures,
     StepConditionedNetwork,
 )
-from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_shapes
 from torchrl_qsm.modules import (
     actor_record,
     BestOfNActor,
@@ -39,11 +38,9 @@ __all__ = [
     "StepConditionedNetwork",
     "__version__",
     "actor_record",
-    "choose_fp32_matmuls",
     "ddpm_sample",
     "edge_fraction",
     "export_policy",
     "load_actor",
-    "matmul_shapes",
     "save_actor",
 ]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl._utils import compile_with_warmup, seed_generator
@@ -43,8 +43,8 @@ from torchrl.objectives import SoftUpdate
 from torchrl.record import VideoRecorder
 from torchrl.record.loggers import CSVLogger, generate_exp_name, get_logger
 
-from torchrl_qsm import choose_fp32_matmuls, DiffusionActor, EpsilonNetwork, matmul_shapes, QSMLoss
-from torchrl_qsm.kernels import matmul_path, MatmulChoice
+from torchrl_qsm import DiffusionActor, EpsilonNetwork, QSMLoss
+from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_path, matmul_shapes, MatmulChoice
 
 from config import ACTIVATIONS
 
@@ -230,16 +230,19 @@ def make_alpha_optimizer(cfg: DictConfig, loss: QSMLoss) -> torch.optim.Adam | N
 def set_matmul_kernels(cfg: DictConfig, device: torch.device, *networks: torch.nn.Module) -> MatmulChoice:
     """The fp32 matmul path for the GEMMs of ``networks`` at the batch size, checked against float64 and printed.
 
-    ``optim.fp32_matmuls=auto``: the fastest path as accurate as torch's default (``choose_fp32_matmuls``); where
-    two paths are close in speed, two starts may choose differently, and runs with the same seed then differ
-    by rounding. A path's name (``default``, or the name ``auto`` printed) pins it; it is still checked, and
-    refused if it rounds on this machine.
+    ``optim.fp32_matmuls=default`` (the default) keeps torch's own path, so a run repeats itself. ``auto``: the
+    fastest path as accurate as torch's default (``choose_fp32_matmuls``); where two paths are close in speed,
+    two starts may choose differently, and runs with the same seed then differ by rounding, so the choice is
+    written into ``cfg`` (the run's config.yaml names the path it ran on). A path's name pins it; it is still
+    checked, and refused if it rounds on this machine.
     """
     shapes = matmul_shapes(*networks, batch_size=cfg.optim.batch_size)
     name = cfg.optim.fp32_matmuls
     if name == "auto":
         choice = choose_fp32_matmuls(device, shapes, verbose=False)
         print(f"{choice} (optim.fp32_matmuls={choice.chosen.name} repeats this choice)", flush=True)
+        with open_dict(cfg):
+            cfg.optim.fp32_matmuls = choice.chosen.name
         return choice
     path, default = matmul_path(device, name), matmul_path(device, "default")
     paths = [default] if path == default else [default, path]
