@@ -20,7 +20,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, ValueOperator
 
-from torchrl_qsm import QSMLoss
+from torchrl_qsm import CurvatureAlpha, QSMLoss
 
 from _helpers import box, DoubleWellCritic, make_actor, pin_critics, QuadraticCritic
 
@@ -30,17 +30,21 @@ pytestmark = pytest.mark.slow
 def train_actor(
     loss: QSMLoss, obs_dim: int, action_dim: int, steps: int = 800, lr: float = 1e-3, one_state: bool = False
 ) -> None:
-    """Adam on ``loss.actor_loss`` alone; states ~ N(0, I) (or the zero state), replay actions uniform in the box."""
+    """Adam on ``loss.actor_loss`` alone; states ~ N(0, I) (or the zero state), replay actions uniform in the box.
+    With ``alpha="auto"`` (the gradient target) each measured curvature is committed by ``CurvatureAlpha``."""
     params = [p for p in loss.actor_network_params.values(True, True) if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
+    alpha_updater = CurvatureAlpha(loss) if loss.auto_alpha else None
     batch = 256
     for _ in range(steps):
         obs = torch.zeros(batch, obs_dim) if one_state else torch.randn(batch, obs_dim)
         data = TensorDict(observation=obs, action=box(action_dim).rand((batch,)), batch_size=[batch])
-        loss_actor, _ = loss.actor_loss(data)
+        loss_actor, metrics = loss.actor_loss(data)
         optimizer.zero_grad()
         loss_actor.backward()
         optimizer.step()
+        if alpha_updater is not None:
+            alpha_updater.step(metrics["action_curvature"])
 
 
 def sample(actor, observation):
@@ -187,6 +191,7 @@ def test_a_two_peak_bandit_learned_from_rewards(alpha, updates):
     critic = ValueOperator(MLP(3, 1, num_cells=[64, 64]), in_keys=["observation", "action"])
     loss = QSMLoss(actor, critic, alpha=alpha, delay_qvalue=False)
     optimizer = torch.optim.Adam(loss.parameters(), lr=3e-3)
+    alpha_updater = CurvatureAlpha(loss) if alpha == "auto" else None
     batch = 256
     for _ in range(updates):
         action = box(1).rand((batch,))
@@ -206,6 +211,8 @@ def test_a_two_peak_bandit_learned_from_rewards(alpha, updates):
         optimizer.zero_grad()
         (out["loss_actor"] + out["loss_qvalue"]).backward()
         optimizer.step()
+        if alpha_updater is not None:
+            alpha_updater.step(out["action_curvature"])
     action = sample(actor, torch.zeros(4000, 2)).squeeze(-1)
     near = [((action - peak).abs() < 0.25).float().mean().item() for peak in (-0.5, 0.5)]
     edges = (action.abs() > 0.999).float().mean().item()

@@ -13,7 +13,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate, ValueEstimators
 
-from torchrl_qsm import QSMLoss
+from torchrl_qsm import CurvatureAlpha, QSMLoss
 from torchrl_qsm.objectives.qsm import NonFiniteError
 
 from _helpers import (
@@ -282,22 +282,41 @@ def test_auto_alpha_measures_the_critic_curvature_and_holds_alpha_times_curvatur
     data = make_batch((32,))
     t, eps = torch.randint(0, 5, (32,)), torch.randn(32, ACTION_DIM)
     actual, metrics = loss.actor_loss(data, t=t, noise=eps)
-    # the secant of a quadratic is exact: kappa = 2 scale after one batch (the EMA is bias-corrected)
-    assert loss.action_curvature.item() == pytest.approx(2 * scale, rel=1e-4)
-    assert loss.alpha.item() == pytest.approx(1.5 / (2 * scale), rel=1e-4)
-    assert metrics["alpha"] == loss.alpha and metrics["action_curvature"] == loss.action_curvature
+    # the secant of a quadratic is exact: kappa = 2 scale in one batch, and the call uses the alpha it gives
+    assert metrics["action_curvature"].item() == pytest.approx(2 * scale, rel=1e-4)
+    assert metrics["alpha"].item() == pytest.approx(1.5 / (2 * scale), rel=1e-4)
     fixed = QSMLoss(loss.actor_network, loss.qvalue_network, alpha=1.5 / (2 * scale))
     fixed.load_state_dict({k: v for k, v in loss.state_dict().items() if k in fixed.state_dict()})
     torch.testing.assert_close(actual, fixed.actor_loss(data, t=t, noise=eps)[0], rtol=1e-4, atol=1e-6)
+    # the loss wrote nothing: the measurement is committed by CurvatureAlpha (the EMA is bias-corrected)
+    assert loss.alpha.item() == 1.0 and loss.curvature_weight.item() == 0.0
+    CurvatureAlpha(loss).step(metrics["action_curvature"])
+    assert loss.action_curvature.item() == pytest.approx(2 * scale, rel=1e-4)
+    assert loss.alpha == metrics["alpha"]
+
+
+def test_calling_the_auto_loss_twice_moves_nothing():
+    loss = auto_loss(QuadraticCritic(1.0))
+    data = make_batch((32,))
+    state = {k: v.clone() for k, v in loss.state_dict().items()}
+    first, second = loss(data.clone()), loss(data.clone())
+    assert first["alpha"].item() == pytest.approx(second["alpha"].item(), rel=1e-4)  # each from its own measurement
+    assert all(torch.equal(v, loss.state_dict()[k]) for k, v in state.items())
+
+
+def test_curvature_alpha_needs_a_loss_with_the_curvature_rule():
+    with pytest.raises(ValueError, match="CurvatureAlpha steps QSMLoss\\(alpha='auto', score_target='gradient'\\)"):
+        CurvatureAlpha(make_loss(alpha=3.0))
 
 
 def test_auto_alpha_follows_a_changing_critic_at_the_ema_rate():
     loss = auto_loss(QuadraticCritic(1.0))
+    updater = CurvatureAlpha(loss)
     data = make_batch((32,))
-    loss.actor_loss(data)  # curvature 2
+    updater.step(loss.actor_loss(data)[1]["action_curvature"])  # curvature 2
     loss.qvalue_network.module.scale = 3.0  # curvature 6 from now on
     for _ in range(100):
-        loss.actor_loss(data)
+        updater.step(loss.actor_loss(data)[1]["action_curvature"])
     # an EMA of rate 0.01 that started at 0, divided by its weight 1 - 0.99^calls (Adam's correction)
     weight = 1 - 0.99**101
     expected = (0.99**100 * 0.01 * 2 + (1 - 0.99**100) * 6) / weight
@@ -316,16 +335,17 @@ def test_auto_alpha_on_a_flat_critic_stays_finite_at_its_upper_bound():
 
     loss = auto_loss(Linear())
     out = loss(make_batch((16,)))
+    CurvatureAlpha(loss).step(out["action_curvature"])
     assert loss.action_curvature.item() == pytest.approx(0.0, abs=1e-4)
-    assert out["alpha"].item() == pytest.approx(QSMLoss.ALPHA_BOUNDS[1])
+    assert out["alpha"].item() == pytest.approx(QSMLoss.ALPHA_BOUNDS[1]) and loss.alpha == out["alpha"]
     assert torch.isfinite(out["loss_actor"])
 
 
 def test_auto_alpha_state_is_saved_and_restored_with_the_loss():
     loss = auto_loss(QuadraticCritic(4.0))
-    loss.actor_loss(make_batch((16,)))
+    CurvatureAlpha(loss).step(loss.actor_loss(make_batch((16,)))[1]["action_curvature"])
     state = loss.state_dict()
-    assert {"log_alpha", "curvature_sum", "curvature_weight"} <= set(state)
+    assert {"curvature_sum", "curvature_weight"} <= set(state)
     restored = auto_loss(QuadraticCritic(4.0))
     restored.load_state_dict(state)
     assert restored.alpha == loss.alpha and restored.action_curvature == loss.action_curvature
@@ -336,7 +356,7 @@ def test_a_fixed_alpha_is_reported_and_keeps_no_auto_state():
     loss = make_loss(alpha=7.0)
     out = loss(make_batch((8,)))
     assert out["alpha"].item() == 7.0 and "action_curvature" not in out.keys()
-    assert "log_alpha" not in loss.state_dict()
+    assert not {"log_alpha", "curvature_sum"} & set(loss.state_dict())
 
 
 # --- the TD3 checklist --------------------------------------------------------------------------

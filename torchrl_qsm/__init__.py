@@ -20,12 +20,13 @@ from torchrl_qsm.modules import (
     load_actor,
     save_actor,
 )
-from torchrl_qsm.objectives import QSMLoss
+from torchrl_qsm.objectives import CurvatureAlpha, QSMLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BestOfNActor",
+    "CurvatureAlpha",
     "DiffusionActor",
     "DiffusionPolicy",
     "DiffusionPolicyModule",

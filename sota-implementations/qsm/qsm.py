@@ -31,7 +31,7 @@ from tensordict import TensorDict
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType
 
-from torchrl_qsm import BestOfNActor
+from torchrl_qsm import BestOfNActor, CurvatureAlpha
 
 from checkpoints import RunFolder
 from config import resolve_device, validate_config
@@ -59,7 +59,8 @@ def make_learner(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
     actor_optim, critic_optim, actor_lr_schedule = make_optimizers(cfg, loss)
     alpha_optim = make_alpha_optimizer(cfg, loss)
     optimizers = [actor_optim, critic_optim] + ([alpha_optim] if alpha_optim else [])
-    update = make_update(loss, optimizers, target_updater, cfg.optim.bf16_matmuls)
+    alpha_updater = CurvatureAlpha(loss) if loss.auto_alpha else None
+    update = make_update(loss, optimizers, target_updater, cfg.optim.bf16_matmuls, alpha_updater)
 
     if compile_enabled(cfg, device)[0]:
         update = compile_update(update, cfg, device)

@@ -21,6 +21,8 @@ from tensordict import TensorDict, TensorDictBase
 from torch.optim.adam import adam as functional_adam
 from torchrl.objectives import LossModule, SoftUpdate
 
+from torchrl_qsm import CurvatureAlpha
+
 
 def adam_step(optimizer: torch.optim.Adam, grads: Sequence[torch.Tensor]) -> None:
     """``optimizer.step()`` with ``grads`` (one per parameter, in ``param_groups`` order) in place of ``.grad``.
@@ -68,8 +70,12 @@ def make_update(
     optimizers: Sequence[torch.optim.Adam],
     target_updater: SoftUpdate,
     bf16_matmuls: bool = False,
+    alpha_updater: CurvatureAlpha | None = None,
 ) -> Callable[[TensorDictBase], TensorDict]:
     """``update(batch) -> metrics``: one step on the sum of ``loss``'s ``loss_*`` outputs (detached metrics out).
+
+    ``alpha_updater`` (``alpha=auto`` with the gradient target) commits the curvature the loss measured, after
+    the target update, as the target updater steps the target critics.
 
     ``bf16_matmuls``: the loss runs under bfloat16 autocast (matmuls in bf16; the schedule, the losses'
     reductions and the optimizer stay fp32). The first call is the plain update (``backward()`` and
@@ -103,6 +109,8 @@ def make_update(
         if device_type == "cuda" and not torch.compiler.is_compiling():
             mark_state_static(optimizers)
         target_updater.step()
+        if alpha_updater is not None:
+            alpha_updater.step(metrics["action_curvature"])
         return metrics
 
     return update

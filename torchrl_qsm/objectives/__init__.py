@@ -1,3 +1,3 @@
-from torchrl_qsm.objectives.qsm import QSMLoss
+from torchrl_qsm.objectives.qsm import CurvatureAlpha, QSMLoss
 
-__all__ = ["QSMLoss"]
+__all__ = ["CurvatureAlpha", "QSMLoss"]

@@ -102,10 +102,12 @@ class QSMLoss(LossModule):
     at the first ``curvature_samples`` noised actions ``x_i`` of each batch, in the chain's
     coordinates, with ``g`` the action gradient of the target below. A finite difference, not a
     Hessian-vector product: ReLU critics are piecewise linear, their Hessian is zero almost
-    everywhere, while their secant at the chain's scale is what the sampler sees. Updated in
-    closed form on each ``actor_loss`` call (no optimizer); ``log_alpha`` and
-    ``action_curvature`` (``kappa_hat``) are buffers, saved with the state dict, and are written
-    to the loss's output. Only one eps-network evaluation per sample is
+    everywhere, while their secant at the chain's scale is what the sampler sees. The loss stays a
+    function of its state: each call measures the batch's curvature, uses the ``alpha`` that folding it
+    into ``kappa_hat`` gives, and reports both (``action_curvature``, ``alpha``); :class:`CurvatureAlpha`
+    commits the measurement, stepped by the loop as ``SoftUpdate`` is (``curvature_sum`` and
+    ``curvature_weight``, ``kappa_hat``'s two halves, are buffers saved with the state dict). Calling the
+    loss twice moves nothing. Only one eps-network evaluation per sample is
     differentiated, never the ``T``-step chain. ``a_t`` and ``g`` live in the chain's coordinates
     (``normalize``/``denormalize`` of the contract: the ``[-1, 1]`` box of
     :class:`~torchrl_qsm.DiffusionActor`), ``g`` taken through ``denormalize``.
@@ -340,7 +342,6 @@ class QSMLoss(LossModule):
             # kappa_hat = curvature_sum / curvature_weight: an EMA corrected for its start at 0, as Adam's
             self.register_buffer("curvature_sum", torch.zeros((), device=device))
             self.register_buffer("curvature_weight", torch.zeros((), device=device))
-            self.register_buffer("log_alpha", torch.zeros((), device=device))
             self.out_keys = [*self.out_keys, "action_curvature"]
         elif self.learn_alpha:
             widest = ((1 - module.alphas_cumprod[0]) / module.alphas_cumprod[0]).sqrt().item()
@@ -361,8 +362,11 @@ class QSMLoss(LossModule):
     def alpha(self) -> float | torch.Tensor:
         """The scale of ``grad_a Q`` in the eps target: the constructor's number, or the auto mode's
         current value (a 0-dim tensor; 1 until the first ``actor_loss`` call measures the critic)."""
-        if self.auto_alpha or self.learn_alpha:
+        if self.learn_alpha:
             return self.log_alpha.detach().exp()
+        if self.auto_alpha:  # 1 until CurvatureAlpha has committed a measurement
+            alpha = self._curvature_alpha(self.curvature_sum, self.curvature_weight)
+            return torch.where(self.curvature_weight > 0, alpha, torch.ones_like(alpha))
         return self._alpha
 
     @property
@@ -531,15 +535,15 @@ class QSMLoss(LossModule):
         return torch.func.grad(total_q)(x.detach())
 
     @torch.no_grad()
-    def _update_alpha(
+    def _measure_curvature(
         self,
         tensordict: TensorDictBase,
         x: torch.Tensor,
         grad_q: torch.Tensor,
         to_action: Callable[[torch.Tensor], torch.Tensor],
-    ) -> None:
-        """One closed-form step of the auto mode: the secant curvature of ``Q`` at the first
-        ``curvature_samples`` rows of ``x``, folded into ``kappa_hat``; ``log_alpha`` follows."""
+    ) -> torch.Tensor:
+        """``mean_i max(kappa_i, 0)``: the secant curvature of ``Q`` at the first ``curvature_samples`` rows of
+        ``x`` (the class docstring)."""
         n = min(self.curvature_samples, x.reshape(-1, x.shape[-1]).shape[0])
         x = x.reshape(-1, x.shape[-1])[:n]
         rows = tensordict.reshape(-1)[:n]
@@ -549,12 +553,17 @@ class QSMLoss(LossModule):
         with torch.enable_grad():
             moved = self._action_gradient(rows, x + h * v, to_action)
         kappa = -((moved - grad_q.reshape(-1, x.shape[-1])[:n]) * v).sum(-1) / h
+        return kappa.clamp_min(0).mean()
+
+    def _folded(self, kappa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(curvature_sum, curvature_weight)`` once ``kappa`` is folded into the EMA (rate ``CURVATURE_EMA``)."""
         rate = self.CURVATURE_EMA
-        self.curvature_sum.lerp_(kappa.clamp_min(0).mean(), rate)
-        self.curvature_weight.lerp_(torch.ones_like(self.curvature_weight), rate)
-        low, high = self.ALPHA_BOUNDS
-        alpha = (self.alpha_curvature / self.action_curvature).clamp(low, high)
-        self.log_alpha.copy_(alpha.log())
+        weight = self.curvature_weight
+        return torch.lerp(self.curvature_sum, kappa, rate), torch.lerp(weight, torch.ones_like(weight), rate)
+
+    def _curvature_alpha(self, curvature_sum: torch.Tensor, curvature_weight: torch.Tensor) -> torch.Tensor:
+        """``alpha_curvature / kappa_hat``, ``kappa_hat = curvature_sum / curvature_weight``, in ALPHA_BOUNDS."""
+        return (self.alpha_curvature * curvature_weight / curvature_sum).clamp(*self.ALPHA_BOUNDS)
 
     @torch.no_grad()
     def _posterior_noise(
@@ -620,10 +629,12 @@ class QSMLoss(LossModule):
             else:
                 x = noised if self.grad_at == "noised" else policy.normalize(action)
                 grad_q = self._action_gradient(tensordict, x, policy.denormalize)
-                if self.auto_alpha:
-                    self._update_alpha(tensordict, x, grad_q, policy.denormalize)
-        alpha = self.alpha
         metrics = {}
+        if self.auto_alpha:  # this batch's curvature, folded in without writing anything (CurvatureAlpha does)
+            metrics["action_curvature"] = self._measure_curvature(tensordict, x, grad_q, policy.denormalize)
+            alpha = self._curvature_alpha(*self._folded(metrics["action_curvature"]))
+        else:
+            alpha = self.alpha
         if self.score_target == "q_weighted":
             # the spread at t = 0 (the class docstring); a batch without such a sample reads as on target
             first = t == 0
@@ -651,8 +662,6 @@ class QSMLoss(LossModule):
             eps_pred_std=eps_pred.std(),
             alpha=torch.as_tensor(alpha, dtype=eps_pred.dtype, device=eps_pred.device),
         )
-        if self.auto_alpha:
-            metrics["action_curvature"] = self.action_curvature.detach()
         self._clear_weakrefs(
             tensordict, "actor_network_params", "qvalue_network_params", "target_qvalue_network_params"
         )
@@ -743,6 +752,34 @@ class QSMLoss(LossModule):
             **hp,
         )
         return self
+
+
+class CurvatureAlpha:
+    """Commits ``QSMLoss(alpha="auto")``'s curvature measurements (the ``"gradient"`` target), outside the loss.
+
+    The loss measures the critic's curvature on each call and reports it (``action_curvature``); this folds it
+    into the loss's ``kappa_hat``, so that the next call starts from it, as ``SoftUpdate`` steps target
+    networks::
+
+        alpha_updater = CurvatureAlpha(loss)
+        out = loss(batch)
+        ...  # backward, optimizer steps
+        alpha_updater.step(out["action_curvature"])
+
+    The ``alpha`` a call used is the one this step commits. Without the step ``alpha`` stays 1.
+    """
+
+    def __init__(self, loss: QSMLoss) -> None:
+        if not loss.auto_alpha:
+            raise ValueError("CurvatureAlpha steps QSMLoss(alpha='auto', score_target='gradient'); this loss has none.")
+        self.loss = loss
+
+    @torch.no_grad()
+    def step(self, action_curvature: torch.Tensor) -> None:
+        """Folds one measured curvature (a loss output) into ``kappa_hat``."""
+        total, weight = self.loss._folded(action_curvature)
+        self.loss.curvature_sum.copy_(total)
+        self.loss.curvature_weight.copy_(weight)
 
 
 class _MissingKeyError(KeyError):
