@@ -62,3 +62,13 @@ def test_each_training_command_of_the_readme_is_a_valid_configuration(overrides)
     if any(value.startswith("outputs/") for value in (o.split("=", 1)[1] for o in overrides)):
         overrides = [o for o in overrides if not o.startswith("checkpoint.resume=")]  # a placeholder path
     script_module("config").validate_config(compose_config(*overrides))
+
+
+def test_every_row_of_the_readme_s_comparison_with_sac_is_a_row_of_the_committed_summary():
+    # the README's claims against SAC come from the grid's vs_sac.md (Welch's t over seeds); a row edited by
+    # hand, or left behind when the grid's results change, fails here
+    committed = set((ROOT / "benchmarks" / "results" / "learning" / "vs_sac.md").read_text().splitlines())
+    section = README.split("**Against SAC, with the seeds' spread**", 1)[1].split("\n\n")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) > 1 and rows[0] in committed  # the header too
+    assert [row for row in rows if row not in committed] == []
