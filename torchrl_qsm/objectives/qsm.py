@@ -155,7 +155,6 @@ class QSMLoss(LossModule):
             keeps the data's shape and moves where Q says so (offline-to-online fine-tuning; with
             ``g = 0`` it is DiffusionBCLoss).
         policy_noise: std of the smoothing noise on next actions, in action units (default 0.1).
-        noise_clip: clip of that noise (default ``None``: not clipped, as the authors').
         check_finite: raise :class:`NonFiniteError`, naming the key or the loss, when an input the
             loss reads or a loss it returns is NaN or infinite (before any optimizer step can spread
             it into the weights). ``None`` (default): where it costs no device synchronisation, i.e.
@@ -260,7 +259,6 @@ class QSMLoss(LossModule):
         normalize_grad: bool = False,
         data_score: bool = False,
         policy_noise: float = 0.1,
-        noise_clip: float | None = None,
         loss_function: LossFunction = "l2",
         delay_qvalue: bool = True,
         priority_key: NestedKey | None = None,
@@ -303,9 +301,8 @@ class QSMLoss(LossModule):
                 raise ValueError(f"curvature_samples must be >= 1, got {curvature_samples}.")
         elif alpha != "auto" and (isinstance(alpha, str) or not (math.isfinite(alpha) and alpha > 0)):
             raise ValueError(f"alpha (the scale of grad_a Q) must be 'auto' or a finite number > 0, got {alpha!r}.")
-        for name, value in (("policy_noise", policy_noise), ("noise_clip", noise_clip)):
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0, got {value}.")
+        if not (math.isfinite(policy_noise) and policy_noise >= 0):
+            raise ValueError(f"policy_noise must be finite and >= 0, got {policy_noise}.")
         if data_score and score_target != "gradient":
             raise ValueError(f"data_score tilts the gradient target; score_target={score_target!r} excludes it.")
         if num_qvalue_nets < 1:
@@ -323,7 +320,6 @@ class QSMLoss(LossModule):
         self.normalize_grad = normalize_grad
         self.data_score = data_score
         self.policy_noise = policy_noise
-        self.noise_clip = noise_clip
         self.loss_function = loss_function
         self.num_qvalue_nets = num_qvalue_nets
         self.delay_qvalue = delay_qvalue
@@ -668,7 +664,7 @@ class QSMLoss(LossModule):
         return loss, metrics
 
     def _next_action(self, next_tensordict: TensorDictBase) -> torch.Tensor:
-        """``a'``: a chain sample of the current actor (RANDOM mode) + clipped smoothing noise."""
+        """``a'``: a chain sample of the current actor (RANDOM mode) + smoothing noise, clipped to the bounds."""
         actor = self.actor_network
         with (
             torch.no_grad(),
@@ -677,8 +673,6 @@ class QSMLoss(LossModule):
         ):
             action = actor(next_tensordict.select(*actor.in_keys)).get(actor.out_keys[0])
             noise = torch.randn_like(action) * self.policy_noise
-            if self.noise_clip is not None:
-                noise = noise.clamp(-self.noise_clip, self.noise_clip)
             return torch.clamp(action + noise, self.min_action, self.max_action)
 
     def qvalue_loss(self, tensordict: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
