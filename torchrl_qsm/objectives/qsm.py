@@ -88,10 +88,8 @@ class QSMLoss(LossModule):
 
     (``c_t`` 0.44..0.84 for the authors' T = 5 vp schedule). Below ``alpha kappa ~ 0.7`` the last
     steps expand deviations, beyond ``~ 3`` they oscillate, and in both cases the clipping leaves
-    the samples on the box edges; in between the chain concentrates at ``a*`` (measured with the
-    exact fixed point, T = 5, 20k samples: ``alpha kappa`` 0.5 / 1 / 1.5 / 2 / 3 / 4 gives mean
-    ``|a - a*|`` 0.50 / 0.30 / 0.18 / 0.08 / 0.21 / 0.51 and 15 / 2 / 0 / 0 / 6 / 42 % of the
-    components on the edges). The auto mode holds ``alpha kappa_hat = alpha_curvature``
+    the samples on the box edges; in between the chain concentrates at ``a*`` (the README's table,
+    "The sampler's edge collapse"). The auto mode holds ``alpha kappa_hat = alpha_curvature``
     (default 1.5, halfway into the window, so that states twice as curved as the mean stay
     below 3) with ``kappa_hat`` the critic's measured curvature::
 
