@@ -261,9 +261,8 @@ def compile_enabled(cfg: DictConfig, device: torch.device) -> tuple[bool, str]:
     """Whether the update runs under ``torch.compile``, and why: ``compile.compile``, or where it is ``null``,
     whether inductor can build code for ``device`` (a C++ compiler on CPU, triton on CUDA).
 
-    On by default because it pays for itself early: the compiled update takes 0.6-0.8x the eager one's time at
-    the authors' widths on a 2-core CPU, and compiling costs 50-90 s there (benchmarks/README.md, "Compiling
-    by default"), about the time a few thousand updates save, against a million-update run.
+    On by default because it pays for itself within a few thousand updates (benchmarks/README.md, "Compiling
+    by default", has the measured gain and compile time).
     """
     if cfg.compile.compile is not None:
         return bool(cfg.compile.compile), f"compile.compile={str(cfg.compile.compile).lower()}"
