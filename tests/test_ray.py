@@ -218,8 +218,9 @@ def stop_nodes(nodes: list[subprocess.Popen]) -> None:
 def cluster():
     """A Ray cluster of two nodes on this machine, a head and a worker node of one CPU each, started with
     ``ray start`` as the README's recipe does, with token authentication and a token of its own (no other
-    process on this machine holds it). Its address is 127.0.0.1 at a free port. Yields the address and the
-    environment that joins it."""
+    process on this machine holds it). It is joined at 127.0.0.1, at a free port; Ray 2.60's daemons listen on
+    every interface whatever the address (no option of ``ray start`` was found against it), and the token keeps out
+    anything else that reaches them. Yields the address and the environment that joins it."""
     folder = Path(tempfile.mkdtemp(prefix="qsm-ray-", dir="/tmp"))  # short: Ray's socket paths live below it
     token = folder / "auth_token"
     token.write_text(os.urandom(32).hex())
