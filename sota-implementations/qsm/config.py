@@ -469,9 +469,22 @@ def frames_per_step(cfg: DictConfig) -> int:
     return c.envs_per_worker * (c.num_workers if c.sync and c.backend != "local" else 1)
 
 
+def ray_token_refused(address: str | None, reason: str) -> str:
+    """The error of a cluster joined without its authentication token (none here, or another), with the fix."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    return (
+        f"ray.address={address!r}: this run cannot join the cluster without its token ({reason}). Ray >= 2.59 starts a "
+        "cluster with token authentication when its head node has a token (~/.ray/auth_token, which any local "
+        "Ray run writes): set RAY_AUTH_MODE=token where the script runs, as on every node, with the cluster's "
+        "token in ~/.ray/auth_token, in the file that RAY_AUTH_TOKEN_PATH names, or in RAY_AUTH_TOKEN "
+        f'(here RAY_AUTH_MODE is {"unset" if mode is None else repr(mode)}; README, "On a cluster").'
+    )
+
+
 def check_ray(ray_cfg: DictConfig, timeout: float = 5.0) -> None:
-    """Ray is installed and ``ray.address`` names a cluster that answers (``ray.init`` itself waits minutes
-    for an address where nothing listens)."""
+    """Ray is installed and ``ray.address`` names a cluster that answers and accepts this process's
+    authentication token (``ray.init`` itself waits minutes for an address where nothing listens, and retries
+    a refused token for 20 s before an error that does not say why)."""
     if importlib.util.find_spec("ray") is None:
         raise ValueError(
             'collector.backend=ray needs Ray, which is not installed: pip install -e ".[ray]" '
@@ -493,6 +506,17 @@ def check_ray(ray_cfg: DictConfig, timeout: float = 5.0) -> None:
             f"ray.address={address!r}: no Ray cluster answers there ({err}). Start one with `ray start --head` "
             "on that machine (it prints the address to join), or use ray.address=null for a Ray inside this run."
         ) from None
+    if address.startswith("ray://"):
+        return  # Ray Client: its server, not the cluster's GCS, answers there
+    from ray._raylet import GcsClient  # what ray.init connects with: it sends the token as ray.init would
+    from ray.exceptions import AuthenticationError, RpcError
+
+    try:
+        GcsClient(address=address)
+    except AuthenticationError as err:
+        raise ValueError(ray_token_refused(address, err.message)) from None
+    except RpcError as err:  # something answers there, but not a Ray head (after Ray's 40 s of retries)
+        raise ValueError(f"ray.address={address!r}: no Ray cluster answers there ({err}).") from None
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, object]:

@@ -46,7 +46,7 @@ from torchrl.record.loggers import CSVLogger, generate_exp_name, get_logger
 from torchrl_qsm import DiffusionActor, EpsilonNetwork, QSMLoss
 from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_path, matmul_shapes, MatmulChoice
 
-from config import ACTIVATIONS
+from config import ACTIVATIONS, ray_token_refused
 
 
 # --- environments ----------------------------------------------------------------------------------
@@ -403,9 +403,13 @@ def make_collector(
 
 @contextlib.contextmanager
 def joining(address: str | None):
-    """Names ``ray.address`` in the error of a Ray that could not be joined."""
+    """Names ``ray.address`` in the error of a Ray that could not be joined, and the fix of a refused token."""
+    from ray.exceptions import AuthenticationError
+
     try:
         yield
+    except AuthenticationError as err:
+        raise ConnectionError(ray_token_refused(address, err.message)) from None
     except ConnectionError as err:
         raise ConnectionError(
             f"ray.address={address!r}: {err} Start a cluster with `ray start --head`, or use ray.address=null "
