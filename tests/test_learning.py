@@ -174,6 +174,23 @@ def test_auto_alpha_finds_the_optimum_at_curvature_2_and_200_where_the_faithful_
     assert ((error + optimum).abs() > 0.999).float().mean().item() < 0.02
 
 
+def bandit_batch(reward, batch: int) -> TensorDict:
+    """One state (zeros), uniform 1-D actions, ``reward(action)``, every step terminal: the critics learn Q = r."""
+    action = box(1).rand((batch,))
+    obs = torch.zeros(batch, 2)
+    return TensorDict(
+        {
+            "observation": obs,
+            "action": action,
+            ("next", "observation"): obs,
+            ("next", "reward"): reward(action),
+            ("next", "done"): torch.ones(batch, 1, dtype=torch.bool),
+            ("next", "terminated"): torch.ones(batch, 1, dtype=torch.bool),
+        },
+        [batch],
+    )
+
+
 def double_well_reward(action: torch.Tensor) -> torch.Tensor:
     """Two equal peaks, at a = -0.5 and +0.5, curvature 8 there; the reward falls towards the box edges."""
     return -4 * (action.pow(2) - 0.25).pow(2)
@@ -194,20 +211,7 @@ def test_a_two_peak_bandit_learned_from_rewards(alpha, updates):
     alpha_updater = CurvatureAlpha(loss) if alpha == "auto" else None
     batch = 256
     for _ in range(updates):
-        action = box(1).rand((batch,))
-        obs = torch.zeros(batch, 2)
-        data = TensorDict(
-            {
-                "observation": obs,
-                "action": action,
-                ("next", "observation"): obs,
-                ("next", "reward"): double_well_reward(action),
-                ("next", "done"): torch.ones(batch, 1, dtype=torch.bool),
-                ("next", "terminated"): torch.ones(batch, 1, dtype=torch.bool),
-            },
-            [batch],
-        )
-        out = loss(data)
+        out = loss(bandit_batch(double_well_reward, batch))
         optimizer.zero_grad()
         (out["loss_actor"] + out["loss_qvalue"]).backward()
         optimizer.step()
@@ -267,20 +271,7 @@ def test_the_noise_consistent_target_keeps_both_peaks_of_a_bandit_learned_from_r
     optimizer = torch.optim.Adam(loss.parameters(), lr=3e-3)
     batch = 256
     for _ in range(1500):
-        action = box(1).rand((batch,))
-        obs = torch.zeros(batch, 2)
-        data = TensorDict(
-            {
-                "observation": obs,
-                "action": action,
-                ("next", "observation"): obs,
-                ("next", "reward"): two_bumps_reward(action),
-                ("next", "done"): torch.ones(batch, 1, dtype=torch.bool),
-                ("next", "terminated"): torch.ones(batch, 1, dtype=torch.bool),
-            },
-            [batch],
-        )
-        out = loss(data)
+        out = loss(bandit_batch(two_bumps_reward, batch))
         optimizer.zero_grad()
         sum(value for key, value in out.items() if key.startswith("loss_")).backward()
         optimizer.step()
