@@ -77,7 +77,7 @@ def assert_results(folder: Path, final_frame: int) -> None:
     trains = [float(r["train_return"]) for r in rows if r["train_return"]]
     assert evals and trains and all(math.isfinite(v) for v in evals + trains)
     assert 0 <= float(rows[-1]["eval_edge_fraction"]) <= 1
-    assert torch.load(folder / "checkpoint.pt", weights_only=False)["frames"] == final_frame
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["frames"] == final_frame
 
 
 def script_module(name: str) -> ModuleType:

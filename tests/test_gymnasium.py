@@ -24,7 +24,7 @@ def test_hopper_trains_evaluates_and_exports_like_a_dmc_task_and_stores_its_fall
     done = run_script(run, "env=hopper", "env.task=Hopper-v5")  # (TINY names cartpole) 50-step episodes, 200 frames
     assert "QSM on Hopper-v5" in done.stdout
     assert_results(run, final_frame=200)
-    stored = torch.load(run / "checkpoint.pt", weights_only=False)["replay_buffer"]["_storage"]["_storage"]
+    stored = torch.load(run / "checkpoint.pt", weights_only=True)["replay_buffer"]["_storage"]["_storage"]
     terminated, truncated = stored["next.terminated"][:200], stored["next.truncated"][:200]
     assert terminated.any(), "a random Hopper falls within 200 frames: a termination"
     assert not (terminated & truncated).any()

@@ -158,7 +158,7 @@ def test_a_signal_at_a_random_moment_leaves_a_checkpoint_that_resumes_to_the_sam
 
     # resume in place: the same frame and update counts as a run that was never stopped
     done = run_script(folder, *overrides, f"checkpoint.resume={folder / 'checkpoint.pt'}", tiny=False)
-    final = torch.load(folder / "checkpoint.pt", weights_only=False)
+    final = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert (final["frames"], final["updates"]) == (300, expected_updates(overrides)), done.stdout[-2000:]
     assert (
         f"Resumed from {folder / 'checkpoint.pt'} at frame {saved['frames']} ({saved['updates']} updates)"
@@ -193,7 +193,7 @@ def test_ctrl_c_stops_a_run_with_collector_processes_cleanly(tmp_path):
     os.killpg(run.process.pid, signal.SIGINT)
     output = run.finish(timeout=120)
     assert run.process.returncode == 130, output[-3000:]
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert 0 < saved["frames"] < 100000 and saved["updates"] > 0
     assert "Traceback" not in output, output[-3000:]
 
@@ -216,7 +216,7 @@ def test_a_nan_reward_stops_the_run_naming_the_key_and_the_frame_and_keeps_the_l
         loop.NonFiniteData, match=r"non-finite \('next', 'reward'\) \(\[nan\]\) at frame 130; it was not stored"
     ):
         train_in_process(cfg, tmp_path)
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["frames"] == 100  # the last checkpoint before the NaN, untouched
     assert loop.state_is_finite(saved["state"])
 
@@ -226,7 +226,7 @@ def test_diverging_losses_stop_the_run_before_a_non_finite_checkpoint_is_written
     assert done.returncode == 1
     assert re.search(r"NonFiniteError: QSMLoss: loss_\w+ is (nan|inf)", done.stderr), done.stderr[-3000:]
     assert re.search(r"Stopped by an error at frame \d+ \(\d+ updates\); no checkpoint written", done.stdout)
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)  # the checkpoint of frame 50, before updates
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # the checkpoint of frame 50, before updates
     assert saved["frames"] == 50 and script_module("loop").state_is_finite(saved["state"])
 
 
@@ -280,7 +280,7 @@ def test_resume_refuses_structural_changes_naming_every_field_and_prints_the_all
         "changed: optim.lr: 0.0003 -> 0.0001",
     ):
         assert line in allowed.stdout
-    assert torch.load(tmp_path / "allowed" / "checkpoint.pt", weights_only=False)["frames"] == 300
+    assert torch.load(tmp_path / "allowed" / "checkpoint.pt", weights_only=True)["frames"] == 300
 
 
 def test_a_saved_replay_buffer_is_never_dropped_and_a_missing_one_is_refilled_before_updates(tmp_path, tiny_run):
@@ -292,7 +292,7 @@ def test_a_saved_replay_buffer_is_never_dropped_and_a_missing_one_is_refilled_be
         "collector.total_frames=250",
     )
     assert "its replay buffer was loaded; checkpoint.save_replay_buffer=false" in done.stdout
-    assert torch.load(again / "checkpoint.pt", weights_only=False)["updates"] == 150 + 50  # updated at once
+    assert torch.load(again / "checkpoint.pt", weights_only=True)["updates"] == 150 + 50  # updated at once
     # a checkpoint without a buffer: the policy collects init_random_frames new transitions first
     run_script(without, "checkpoint.save_replay_buffer=false")
     done = run_script(refilled, f"checkpoint.resume={without / 'checkpoint.pt'}", "collector.total_frames=350")
@@ -301,7 +301,7 @@ def test_a_saved_replay_buffer_is_never_dropped_and_a_missing_one_is_refilled_be
         in done.stdout
     )
     assert (
-        torch.load(refilled / "checkpoint.pt", weights_only=False)["updates"] == 150 + 100
+        torch.load(refilled / "checkpoint.pt", weights_only=True)["updates"] == 150 + 100
     )  # the batches ending at 300 and 350
 
 
@@ -310,7 +310,7 @@ def test_runs_are_repeatable_and_a_resumed_run_does_not_replay_the_first_episode
     run_script(b)
     returns = [[(r["frame"], r["train_return"], r["eval_return"]) for r in read_returns(folder)] for folder in (a, b)]
     assert returns[0] == returns[1]  # the first episode's reset is seeded too
-    weights = [torch.load(f / "checkpoint.pt", weights_only=False)["state"]["loss"] for f in (a, b)]
+    weights = [torch.load(f / "checkpoint.pt", weights_only=True)["state"]["loss"] for f in (a, b)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     # resumed at frame 200, the episodes are new ones, not the first run's again
     run_script(resumed, f"checkpoint.resume={a / 'checkpoint.pt'}", "collector.total_frames=400")
@@ -368,6 +368,40 @@ def test_two_runs_at_once_never_share_a_folder(tmp_path):
 
 
 # --- checkpoint files ------------------------------------------------------------------------------
+class SegmentTree(list):
+    """Stands for a prioritized sampler's C++ sum/min tree: indexed and assigned leaf by leaf, pickled only."""
+
+
+class PrioritizedBuffer:
+    """What checkpoints.replay_buffer_state sees of a prioritized replay buffer (this install lacks the C++ trees)."""
+
+    def __init__(self, priorities: list[float]) -> None:
+        self.sampler = type("Sampler", (), {})()
+        self.sampler._max_capacity = len(priorities)
+        self.sampler._sum_tree, self.sampler._min_tree = SegmentTree(priorities), SegmentTree(priorities)
+        self.loaded = None
+
+    def state_dict(self) -> dict:
+        trees = {name: SegmentTree(getattr(self.sampler, name)) for name in ("_sum_tree", "_min_tree")}
+        return {"_sampler": {"_alpha": 0.7, **trees}, "_writer": {"_cursor": 2}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = state
+
+
+def test_a_prioritized_sampler_s_trees_are_checkpointed_as_tensors_and_written_back(tmp_path):
+    checkpoints = script_module("checkpoints")
+    state = checkpoints.replay_buffer_state(PrioritizedBuffer([0.5, 2.0, 1.0]))
+    torch.save(state, tmp_path / "buffer.pt")
+    loaded = torch.load(tmp_path / "buffer.pt", weights_only=True)  # no pickled tree: tensors and plain values
+    assert loaded["_sampler"]["_sum_tree"].tolist() == [0.5, 2.0, 1.0]
+    target = PrioritizedBuffer([0.0, 0.0, 0.0])
+    checkpoints.load_replay_buffer_state(target, loaded)
+    assert target.sampler._sum_tree == [0.5, 2.0, 1.0] and target.sampler._min_tree == [0.5, 2.0, 1.0]
+    assert target.loaded["_sampler"]["_sum_tree"] is target.sampler._sum_tree  # the sampler's own trees, filled
+    assert target.loaded["_writer"] == {"_cursor": 2} and target.loaded["_sampler"]["_alpha"] == 0.7
+
+
 def test_a_full_disk_names_the_path_removes_the_partial_file_and_keeps_the_previous_checkpoint(tmp_path):
     checkpoints = script_module("checkpoints")
     path = tmp_path / "checkpoint.pt"
@@ -376,7 +410,7 @@ def test_a_full_disk_names_the_path_removes_the_partial_file_and_keeps_the_previ
     with pytest.raises(OSError, match=rf"No space left on device while writing the checkpoint {re.escape(str(path))}"):
         checkpoints.save_checkpoint(path, {"frames": 2, "data": torch.zeros(1000)})
     assert not (tmp_path / "checkpoint.pt.tmp").exists() and not (tmp_path / "checkpoint.pt.sha256.tmp").exists()
-    assert torch.load(path, weights_only=False) == {"frames": 1}
+    assert torch.load(path, weights_only=True) == {"frames": 1}
 
 
 @pytest.mark.parametrize("killed_at", ["the checkpoint's rename", "the final checksum write"])

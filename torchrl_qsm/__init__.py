@@ -14,18 +14,23 @@ from torchrl_qsm.diffusion import (
 from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_shapes
 from torchrl_qsm.modules import (
     actor_record,
+    actor_state,
+    ActorFileError,
     BestOfNActor,
+    build_actor,
     DiffusionActor,
     DiffusionPolicy,
     export_policy,
     load_actor,
     save_actor,
+    UnsafeFileError,
 )
 from torchrl_qsm.objectives import QSMLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorFileError",
     "BestOfNActor",
     "DiffusionActor",
     "DiffusionPolicy",
@@ -37,8 +42,11 @@ __all__ = [
     "QSMLoss",
     "SinusoidalFeatures",
     "StepConditionedNetwork",
+    "UnsafeFileError",
     "__version__",
     "actor_record",
+    "actor_state",
+    "build_actor",
     "choose_fp32_matmuls",
     "ddpm_sample",
     "edge_fraction",

@@ -6,7 +6,10 @@
   disk, then renamed over ``checkpoint.pt``, with the digest in ``checkpoint.pt.sha256`` beside it:
   a reader finds either the previous checkpoint or the new one, never a partial file, and the checksum
   file accepts whichever it finds. On a full disk the partial file is removed and the error says so.
-- Reading verifies the digest and the contents before anything is loaded.
+- Reading verifies the digest and the contents before anything is loaded, and loads weights only
+  (``torch.load(weights_only=True)``: tensors and plain containers): the actor is in it as a state dict
+  and a record that the library builds it from (``torchrl_qsm.actor_state``), the RNG states as tensors,
+  so that a checkpoint runs no code when it is read; one that would is refused (``UnsafeFileError``).
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torchrl_qsm import UnsafeFileError
+from torchrl_qsm.modules.saving import load_weights_only
+
 CHECKPOINT = "checkpoint.pt"
-FORMAT = "torchrl_qsm checkpoint 1"
+FORMAT = "torchrl_qsm checkpoint 2"  # 2: weights only (1 pickled the actor module)
 REQUIRED_KEYS = ("format", "config", "frames", "updates", "update_credit", "results", "rng", "wall_time", "schedule")
 RUN_FILES = (CHECKPOINT, "returns.csv")
 
@@ -135,10 +141,25 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device) -> dict:
             "was written. Resume from another checkpoint."
         )
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        state = load_weights_only(path, map_location=device)
+    except UnsafeFileError as err:
+        if any(name.startswith("torchrl_qsm.") for name in err.globals):
+            raise CheckpointError(
+                f"{path} is a checkpoint of an earlier version of the script (format 'torchrl_qsm checkpoint 1'), "
+                "which pickled the actor module: loading it would run code from the file, and this version loads "
+                "weights only, so it was refused and nothing of it ran. Resume or evaluate it with the version that "
+                "wrote it, or start a new run."
+            ) from None
+        raise
+    except (EOFError, RuntimeError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{path} is not a checkpoint that torch can read ({type(err).__name__}: {err}).") from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else None
+        if isinstance(found, str) and found.startswith("torchrl_qsm checkpoint"):
+            raise CheckpointError(
+                f"{path} was written by another version of the script (format {found!r}; this one reads {FORMAT!r}). "
+                "Resume or evaluate it with the version that wrote it, or start a new run."
+            )
         raise CheckpointError(f"{path} is not a checkpoint written by the QSM training script ({FORMAT!r}).")
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
@@ -178,7 +199,13 @@ class RunFolder:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The random states as tensors and plain values (NumPy's key array as an int64 tensor), weights-only loadable."""
+    kind, key, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), position, has_gauss, cached),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -186,7 +213,42 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
+    kind, key, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, key.cpu().numpy().astype(np.uint32), position, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# A prioritized sampler's state holds its segment trees, C++ objects that only pickle: in a checkpoint they are
+# their leaf values (float64 tensors), written back into the sampler's own trees when loaded.
+_TREES = ("_sum_tree", "_min_tree")
+
+
+def replay_buffer_state(buffer) -> dict:
+    """``buffer.state_dict()`` with tensors and plain values only."""
+    state = buffer.state_dict()
+    sampler = state.get("_sampler")
+    if isinstance(sampler, dict) and any(name in sampler for name in _TREES):
+        capacity = buffer.sampler._max_capacity
+        state["_sampler"] = dict(sampler) | {
+            name: torch.tensor([sampler[name][i] for i in range(capacity)], dtype=torch.float64)
+            for name in _TREES
+            if name in sampler
+        }
+    return state
+
+
+def load_replay_buffer_state(buffer, state: dict) -> None:
+    """The inverse of :func:`replay_buffer_state`."""
+    sampler = state.get("_sampler")
+    if isinstance(sampler, dict) and any(torch.is_tensor(sampler.get(name)) for name in _TREES):
+        trees = {}
+        for name in _TREES:
+            if torch.is_tensor(sampler.get(name)):
+                tree = getattr(buffer.sampler, name)
+                for i, value in enumerate(sampler[name].tolist()):
+                    tree[i] = value
+                trees[name] = tree
+        state = dict(state) | {"_sampler": dict(sampler) | trees}
+    buffer.load_state_dict(state)

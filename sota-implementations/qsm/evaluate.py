@@ -5,8 +5,10 @@
     python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.video=true output=DIR
     python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.best_of_n=16   # also the critic-ranked best of 16
 
-The task and its settings come from the checkpoint's config; the actor from the checkpoint itself
-(``torchrl_qsm.load_actor``). Writes into ``output`` (default: ``evaluation/`` beside the checkpoint):
+The task and its settings come from the checkpoint's config; the actor from the checkpoint itself, built
+by the library from the record and weights it holds (``torchrl_qsm.load_actor``): the checkpoint is read
+weights-only, and a file that would run code when loaded is refused (``UnsafeFileError``).
+Writes into ``output`` (default: ``evaluation/`` beside the checkpoint):
 ``returns.csv`` (one row per episode, its return; the share of action components on the box edges is printed;
 with ``eval.best_of_n=N > 1`` also the return of the best of N chain samples as the checkpoint's critics rank
 them, on the same episodes, next to the plain one),
@@ -30,7 +32,8 @@ import torch
 from omegaconf import OmegaConf
 from torchrl.envs.utils import ExplorationType
 
-from torchrl_qsm import BestOfNActor, export_policy, load_actor
+from torchrl_qsm import BestOfNActor, export_policy
+from torchrl_qsm.modules.saving import actor_from_state
 
 from checkpoints import load_checkpoint
 from config import saved_config
@@ -60,14 +63,19 @@ def parse(argv: list[str]) -> tuple[dict, dict]:
 def main(argv: list[str]) -> None:
     options, overrides = parse(argv)
     path = Path(options["checkpoint"])
-    saved = load_checkpoint(path, torch.device("cpu"))  # verified against its checksum
+    saved = load_checkpoint(path, torch.device("cpu"))  # verified against its checksum, read weights-only
     cfg = saved_config(saved)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
     out = Path(options["output"] or path.parent / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
 
-    actor = load_actor(path)
+    if "actor" not in saved:
+        raise SystemExit(
+            f"evaluate.py: {path} holds no diffusion actor (a {saved['config'].get('algorithm')} checkpoint of "
+            "benchmarks/learning/baselines.py); evaluate.py evaluates the QSM script's checkpoints."
+        )
+    actor = actor_from_state(saved["actor"])  # built from its record, its weights loaded
     env = make_eval_env(cfg, make_logger(cfg, out, "eval") if cfg.eval.video else None)
     seed = options["seed"] if options["seed"] is not None else cfg.env.seed + EVAL_SEED_OFFSET
     mode = ExplorationType.DETERMINISTIC if cfg.eval.mode == "deterministic" else ExplorationType.RANDOM

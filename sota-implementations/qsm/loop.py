@@ -31,9 +31,19 @@ from torchrl._utils import timeit
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_qsm import actor_record, edge_fraction
+from torchrl_qsm import actor_state, DiffusionActor, edge_fraction
 
-from checkpoints import CHECKPOINT, FORMAT, load_checkpoint, rng_state, RunFolder, save_checkpoint, set_rng_state
+from checkpoints import (
+    CHECKPOINT,
+    FORMAT,
+    load_checkpoint,
+    load_replay_buffer_state,
+    replay_buffer_state,
+    rng_state,
+    RunFolder,
+    save_checkpoint,
+    set_rng_state,
+)
 from config import compare_for_resume
 from utils import describe_collection, make_collector, make_replay_buffer, stream_seed, task_name
 
@@ -335,7 +345,7 @@ class Training:
             load_keeping_hyperparameters(stateful, saved["state"][component])
         has_buffer = "replay_buffer" in saved
         if has_buffer:
-            self.replay_buffer.load_state_dict(saved["replay_buffer"])
+            load_replay_buffer_state(self.replay_buffer, saved["replay_buffer"])
         self.frames, self.updates, self.credit = saved["frames"], saved["updates"], saved["update_credit"]
         self.next_eval, self.next_checkpoint, self.last_eval = (
             saved["schedule"][k] for k in ("next_eval", "next_checkpoint", "last_eval")
@@ -380,14 +390,15 @@ class Training:
             return path
         previous, self.stop.phase = self.stop.phase, "checkpoint writing"
         saved = {"format": FORMAT, "config": self.config, "state": {k: v.state_dict() for k, v in self.state.items()}}
-        saved["actor"] = actor_record(self.policy)  # what torchrl_qsm.load_actor and evaluate.py read
+        if isinstance(self.policy, DiffusionActor):  # record and weights: what load_actor and evaluate.py read
+            saved["actor"] = actor_state(self.policy)
         if not state_is_finite(saved["state"]):
             raise NonFiniteData(
                 f"At frame {self.frames} the weights or optimizer states are not finite; no checkpoint was written "
                 f"(the last one: {self.stop.last_checkpoint})."
             )
         if self.cfg.checkpoint.save_replay_buffer:
-            saved["replay_buffer"] = self.replay_buffer.state_dict()
+            saved["replay_buffer"] = replay_buffer_state(self.replay_buffer)
         saved.update(
             frames=self.frames,
             updates=self.updates,
