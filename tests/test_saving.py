@@ -4,17 +4,19 @@ only torch, and ``evaluate.py`` on a checkpoint of the training script (README, 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import pickle
 import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import tensordict
 import torch
-from tensordict import TensorDict
+from tensordict import NonTensorData, TensorDict
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from torchrl_qsm import (
@@ -29,7 +31,7 @@ from torchrl_qsm import (
     UnsafeFileError,
 )
 
-from _helpers import box, make_actor, OBS_DIM, ROOT, run_script, SCRIPT_DIR, script_module
+from _helpers import box, make_actor, OBS_DIM, read_checkpoint, ROOT, run_script, SCRIPT_DIR, script_module
 
 T, A = 5, 3
 
@@ -143,38 +145,53 @@ def test_load_actor_names_a_file_torch_cannot_read(tmp_path):
         load_actor(tmp_path / "notes.pt")
 
 
-def crafted_checkpoint(folder, marker):
-    """A checkpoint-shaped file with the planted call, and the checksum file that anyone can write for it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "checkpoint.pt"
-    torch.save({"format": script_module("checkpoints").FORMAT, "actor": RunsCode(marker)}, path)
-    (folder / "checkpoint.pt.sha256").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  checkpoint.pt\n")
-    return path
+def crafted_checkpoint(tiny_run, folder, marker, payload: str) -> Path:
+    """A copy of the tiny run's newest checkpoint whose actor and loss payloads carry the planted call: a torch file
+    (``state.pt``) or a tensordict folder with a pickled field (what TorchRL's own reader also accepts)."""
+    checkpoints = script_module("checkpoints")
+    crafted = folder / "checkpoints" / checkpoints.find_checkpoint(tiny_run).name
+    shutil.copytree(checkpoints.find_checkpoint(tiny_run), crafted)
+    for component in [*crafted.glob("components/*-actor"), *crafted.glob("components/*-loss")]:
+        (component / "state.pt").unlink()
+        if payload == "torch file":
+            torch.save({"weight": RunsCode(marker)}, component / "state.pt")
+        else:
+            TensorDict({"weight": torch.ones(1), "planted": NonTensorData(RunsCode(marker))}).memmap(
+                component / "state"
+            )
+    return folder
 
 
-def test_evaluate_py_and_resume_refuse_a_crafted_checkpoint_and_run_none_of_it(tmp_path):
+@pytest.mark.parametrize("payload", ["torch file", "tensordict folder"])
+def test_load_actor_evaluate_py_and_resume_refuse_a_crafted_checkpoint_and_run_none_of_it(tiny_run, tmp_path, payload):
     marker = tmp_path / "MARKER"
-    path = crafted_checkpoint(tmp_path / "crafted", marker)
+    folder = crafted_checkpoint(tiny_run, tmp_path / "crafted", marker, payload)
+    with pytest.raises(UnsafeFileError):
+        load_actor(folder)
     evaluated = subprocess.run(
-        [sys.executable, str(SCRIPT_DIR / "evaluate.py"), f"checkpoint={path}"],
+        [sys.executable, str(SCRIPT_DIR / "evaluate.py"), f"checkpoint={folder}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    resumed = run_script(tmp_path / "resumed", f"checkpoint.resume={path}", check=False)
+    resumed = run_script(tmp_path / "resumed", f"checkpoint.resume={folder}", check=False)
     for done in (evaluated, resumed):
         assert done.returncode == 1, done.stderr[-3000:]
-        assert "UnsafeFileError" in done.stderr and "loading it would run code" in done.stderr, done.stderr[-3000:]
+        assert "UnsafeFileError" in done.stderr and "refused" in done.stderr, done.stderr[-3000:]
     assert not marker.exists()
+    if payload == "tensordict folder":  # the control: tensordict's own reader runs it
+        with pytest.warns(FutureWarning, match="pickled non-tensor field"):
+            tensordict.load(next(folder.glob("checkpoints/*/components/*-loss")) / "state")
+        assert marker.exists()
 
 
-def test_a_checkpoint_of_the_pickling_format_is_refused_with_the_fix(actor, tmp_path):
+def test_a_checkpoint_of_the_earlier_single_file_format_is_refused_with_the_fix(actor, tmp_path):
     checkpoints = script_module("checkpoints")
-    path = tmp_path / "checkpoint.pt"
-    checkpoints.save_checkpoint(path, {"format": "torchrl_qsm checkpoint 1", "actor": {"actor": actor}})
-    with pytest.raises(checkpoints.CheckpointError, match="earlier version of the script .* Resume or evaluate it"):
-        checkpoints.load_checkpoint(path, torch.device("cpu"))
+    torch.save({"format": "torchrl_qsm checkpoint 1", "actor": {"actor": actor}}, tmp_path / "checkpoint.pt")
+    for path in (tmp_path, tmp_path / "checkpoint.pt"):
+        with pytest.raises(checkpoints.CheckpointError, match="earlier version of the script .* Resume or evaluate it"):
+            checkpoints.find_checkpoint(path)
 
 
 @pytest.mark.parametrize("batch", [1, 7])
@@ -225,7 +242,7 @@ def run_evaluate(*options: str) -> subprocess.CompletedProcess:
 
 
 def test_evaluate_py_rebuilds_the_run_from_its_checkpoint_and_exports_it(tiny_run, tmp_path):
-    checkpoint = tiny_run / "checkpoint.pt"
+    checkpoint = tiny_run
     done = run_evaluate(f"checkpoint={checkpoint}", "eval.episodes=3", f"output={tmp_path}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "cartpole-swingup, QSM at frame 200: return" in done.stdout and "over 3 episodes" in done.stdout
@@ -241,7 +258,7 @@ def test_evaluate_py_rebuilds_the_run_from_its_checkpoint_and_exports_it(tiny_ru
 
 def test_evaluate_py_best_of_n_ranks_with_the_checkpoint_s_critics_on_the_same_episodes(tiny_run, tmp_path):
     done = run_evaluate(
-        f"checkpoint={tiny_run / 'checkpoint.pt'}",
+        f"checkpoint={tiny_run}",
         "eval.episodes=2",
         "eval.best_of_n=4",
         "export=false",
@@ -256,7 +273,7 @@ def test_evaluate_py_best_of_n_ranks_with_the_checkpoint_s_critics_on_the_same_e
 
 def test_a_checkpoint_older_than_a_config_field_gets_today_s_default_for_it(tiny_run):
     config = script_module("config")
-    saved = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    saved = read_checkpoint(tiny_run)
     del saved["config"]["diffusion"]["alpha_curvature"], saved["config"]["eval"]["best_of_n"]  # fields it predates
     cfg = config.saved_config(saved)
     assert cfg.diffusion.alpha_curvature == 1.5 and cfg.eval.best_of_n == 1
@@ -265,9 +282,9 @@ def test_a_checkpoint_older_than_a_config_field_gets_today_s_default_for_it(tiny
 
 
 def test_load_actor_reads_the_trained_weights_from_a_checkpoint_of_the_script(tiny_run):
-    saved = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    saved = read_checkpoint(tiny_run)
     trained = TensorDict(saved["state"]["loss"]).unflatten_keys(".")["actor_network_params"]
-    actor = load_actor(tiny_run / "checkpoint.pt")
+    actor = load_actor(tiny_run)  # the run folder: its newest checkpoint
     assert (TensorDict.from_module(actor).detach() == trained).all()
 
 

@@ -1,7 +1,7 @@
 """TorchRL's SAC and TD3, trained by the QSM script's own loop, for the learning comparison.
 
     python benchmarks/learning/baselines.py sac env.domain=walker env.task=walk collector.total_frames=50000
-    python benchmarks/learning/baselines.py td3 checkpoint.resume=outputs/.../checkpoint.pt
+    python benchmarks/learning/baselines.py td3 checkpoint.resume=outputs/<run>
 
 The overrides are the training script's (sota-implementations/qsm/config.yaml): the same
 environments, collector, replay buffer, widths (``network.hidden_sizes``), batch, warm-up,

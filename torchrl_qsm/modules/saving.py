@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchrl.checkpoint import Checkpoint, CheckpointError, JSONCheckpointAdapter, StateDictCheckpointAdapter
 
 ACTOR_FORMAT = "torchrl_qsm.actor/2"
 EXPORT_METADATA = "torchrl_qsm.json"  # the exported program's extra file: its shapes and bounds
@@ -89,6 +90,53 @@ def load_weights_only(path: str | os.PathLike, map_location=None):
                 "DiffusionActor, load_state_dict() and save_actor() it."
             )
         raise UnsafeFileError(message, tuple(names)) from None
+
+
+class WeightsOnlyStateDictAdapter(StateDictCheckpointAdapter):
+    """``torchrl.checkpoint``'s state-dict adapter, writing ``state.pt`` (``torch.save`` of a state dict: tensors and
+    plain containers) and reading only that, with :func:`load_weights_only`.
+
+    TorchRL's own reader also accepts a tensordict folder in its place, and tensordict 0.14 unpickles the
+    non-tensor fields of such a folder (``allow_pickle`` defaults to allowed, with a warning): a crafted
+    checkpoint could run code through it. This one refuses anything but ``state.pt``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(payload_format="torch")
+
+    def load(self, component, path: Path, *, map_location, tensor_load_kwargs, args, kwargs) -> None:
+        state_file = path / self.state_torch
+        if not state_file.is_file() or state_file.is_symlink():
+            raise UnsafeFileError(
+                f"{path} holds no {self.state_torch}: torchrl_qsm reads a state dict only from a torch file, "
+                "weights-only (other payloads, such as a tensordict folder, may unpickle), so it was refused."
+            )
+        component.load_state_dict(load_weights_only(state_file, map_location), *args, **kwargs)
+
+
+def weights_only_checkpoint(**components) -> Checkpoint:
+    """``torchrl.checkpoint.Checkpoint(**components)`` that reads no pickle: components with
+    ``state_dict``/``load_state_dict`` through :class:`WeightsOnlyStateDictAdapter`, the others as JSON."""
+    checkpoint = Checkpoint()
+    for name, value in components.items():
+        if callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None)):
+            checkpoint.register(name, value, adapter=WeightsOnlyStateDictAdapter())
+        elif isinstance(value, (dict, list, str, int, float, bool)) or value is None:
+            checkpoint.register(name, value, adapter=JSONCheckpointAdapter())
+        else:
+            raise TypeError(f"Checkpoint component {name!r}: a {type(value).__name__} is no state dict, nor JSON.")
+    return checkpoint
+
+
+def load_checkpoint_components(checkpoint: Checkpoint, path, components, map_location=None):
+    """``checkpoint.load(path, components=...)``, with a refusal of :func:`load_weights_only` raised as itself
+    (:class:`UnsafeFileError`) rather than inside TorchRL's ``CheckpointError``."""
+    try:
+        return checkpoint.load(path, components=components, map_location=map_location)
+    except CheckpointError as err:
+        if isinstance(err.__cause__, UnsafeFileError):
+            raise err.__cause__ from None
+        raise
 
 
 def _activations() -> dict[str, type[nn.Module]]:
@@ -167,9 +215,9 @@ def actor_record(actor: nn.Module) -> dict:
 
 
 def actor_state(actor: nn.Module) -> dict:
-    """What a file holds to give ``actor`` back (:func:`load_actor`): the format tag, its :func:`actor_record`
-    and its weights (a CPU state dict). The training script puts one in each checkpoint (``checkpoint["actor"]``).
-    """
+    """What a file of :func:`save_actor` holds to give ``actor`` back (:func:`load_actor`): the format tag, its
+    :func:`actor_record` and its weights (a CPU state dict). The training script's checkpoints hold the same two
+    as ``torchrl.checkpoint`` components (``actor_record``, ``actor``)."""
     from torchrl_qsm import __version__
 
     return {
@@ -261,14 +309,40 @@ def save_actor(actor: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
+def _checkpoint_actor(path: Path) -> nn.Module:
+    """The actor of a ``torchrl.checkpoint`` checkpoint with ``actor_record`` (JSON) and ``actor`` (state dict)
+    components, as the training script writes them; a folder of rotated checkpoints gives its newest."""
+    from torchrl.checkpoint import CheckpointRotation
+
+    if not Checkpoint.is_checkpoint(path):
+        latest = [CheckpointRotation(d, keep_last=1).latest() for d in (path, path / "checkpoints") if d.is_dir()]
+        path = next((found for found in latest if found is not None), path)
+    if not Checkpoint.is_checkpoint(path) or "actor_record" not in Checkpoint.manifest(path)["components"]:
+        raise ActorFileError(
+            f"{path} holds no torchrl_qsm actor: load_actor reads a file of torchrl_qsm.save_actor, a checkpoint of "
+            "sota-implementations/qsm/qsm.py, or a run folder of it (its newest checkpoint)."
+        )
+    record: dict = {}
+    try:
+        load_checkpoint_components(weights_only_checkpoint(actor_record=record), path, ["actor_record"])
+        actor = build_actor(record)
+        load_checkpoint_components(weights_only_checkpoint(actor=actor), path, ["actor"])
+    except (CheckpointError, OSError) as err:
+        raise ActorFileError(f"{path}: the actor cannot be read ({err}).") from None
+    return actor
+
+
 def load_actor(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
     """The actor saved in ``path``: a file of :func:`save_actor`, or a checkpoint of the training script
-    (``sota-implementations/qsm/qsm.py``), which holds one. Ready for ``env.rollout(steps, actor)``.
+    (``sota-implementations/qsm/qsm.py``; a ``torchrl.checkpoint`` folder, or its run folder for the newest
+    one), which holds one. Ready for ``env.rollout(steps, actor)``.
 
-    Runs no code from the file: it is read weights-only and the actor is built by this library from the
-    file's record. A file that pickles Python objects is refused with :class:`UnsafeFileError`; one that
-    holds no actor, with :class:`ActorFileError`.
+    Runs no code from the file: tensors are read weights-only, the record as plain values, and the actor is
+    built by this library from the record. A file that pickles Python objects is refused with
+    :class:`UnsafeFileError`; one that holds no actor, with :class:`ActorFileError`.
     """
+    if Path(path).is_dir():
+        return _checkpoint_actor(Path(path)).to(device)
     try:
         saved = load_weights_only(path, map_location="cpu")
     except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
