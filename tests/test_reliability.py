@@ -450,28 +450,49 @@ from torchrl_qsm.modules.saving import weights_only_checkpoint
 folder, point = {folder!r}, {point!r}
 state = {{"format": checkpoints.FORMAT, "frames": 0}}
 checkpoint = weights_only_checkpoint(trainer_state=state, weights=torch.nn.Linear(2, 2))
-for frames in (1, 2, 3):
-    if frames == 3:  # as SIGKILL would stop the process at this call: no cleanup runs
+real_replace, renames = torchrl_checkpoint.os.replace, []
+
+
+def replace_killed_at_the_second(*args):  # the old checkpoint renamed to its backup, then killed
+    renames.append(args)
+    if len(renames) == 2:
+        os._exit(137)
+    return real_replace(*args)
+
+
+for save, frames in enumerate((1, 2, 2) if point == "replacing the same frame count" else (1, 2, 3)):
+    if save == 2:  # as SIGKILL would stop the process at this call: no cleanup runs
         killed = lambda *args, **kwargs: os._exit(137)
         if point == "writing":
             torch.save = killed
         elif point == "renaming into place":
             torchrl_checkpoint.os.replace = killed
-        else:
+        elif point == "removing the oldest":
             torchrl_checkpoint.shutil.rmtree = killed
+        else:
+            torchrl_checkpoint.os.replace = replace_killed_at_the_second
     state["frames"] = frames
     checkpoints.save_checkpoint(folder, checkpoint, frames, ["trainer_state", "weights"])
 """
 
 
-@pytest.mark.parametrize("point, newest", [("writing", 2), ("renaming into place", 2), ("removing the oldest", 3)])
-def test_a_write_killed_at_any_step_leaves_a_whole_checkpoint_to_resume(tmp_path, point, newest):
+@pytest.mark.parametrize(
+    "point, newest, after_cleanup",
+    [
+        ("writing", 2, 2),
+        ("renaming into place", 2, 2),
+        ("removing the oldest", 3, 3),
+        ("replacing the same frame count", 1, 2),  # a stop at the frame of the last checkpoint, more updates done
+    ],
+)
+def test_a_write_killed_at_any_step_leaves_a_whole_checkpoint_to_resume(tmp_path, point, newest, after_cleanup):
     checkpoints = script_module("checkpoints")
     code = KILLED.format(script_dir=str(SCRIPT_DIR), folder=str(tmp_path), point=point)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 137, done.stderr[-3000:]
     assert read_checkpoint(tmp_path)["frames"] == newest  # the newest whole checkpoint; partial files are hidden
-    removed = checkpoints.remove_stale_partials(tmp_path)  # what the next start does
+    removed = checkpoints.remove_stale_partials(tmp_path)  # what the next start does (puts a lone backup back)
+    newest = after_cleanup
     assert removed and all(p.name.startswith(".checkpoint-") for p in removed), removed
     assert all(p.name.startswith("checkpoint-") for p in (tmp_path / "checkpoints").iterdir())
     assert read_checkpoint(tmp_path)["frames"] == newest

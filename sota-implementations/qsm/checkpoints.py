@@ -64,7 +64,12 @@ def save_checkpoint(folder: Path, checkpoint: Checkpoint, step: int, components:
 
 def remove_stale_partials(folder: Path) -> list[Path]:
     """Deletes what an interrupted write left in ``folder`` (call while holding its lock): ``*.tmp`` files, and the
-    hidden staging, backup and deletion folders of ``torchrl.checkpoint`` in its rotation."""
+    hidden staging, backup and deletion folders of ``torchrl.checkpoint`` in its rotation. A backup whose checkpoint
+    is missing (a checkpoint of the same frame count replaced, killed between its two renames) is put back."""
+    for backup in sorted((folder / CHECKPOINTS).glob(".checkpoint-*.backup-*")):
+        target = backup.with_name(backup.name[1:].partition(".backup-")[0])
+        if Checkpoint.is_checkpoint(backup) and not target.exists():
+            os.replace(backup, target)
     stale = sorted(folder.glob("*.tmp")) + sorted((folder / CHECKPOINTS).glob(".*"))
     for path in stale:
         if path.is_dir() and not path.is_symlink():
