@@ -70,14 +70,21 @@ def read_returns(folder: Path) -> list[dict]:
 
 
 def assert_results(folder: Path, final_frame: int) -> None:
-    for name in ("config.yaml", "returns.csv", "learning_curve.png", "checkpoint.pt", "checkpoint.pt.sha256"):
+    for name in ("config.yaml", "returns.csv", "learning_curve.png"):
         assert (folder / name).is_file(), name
+    assert (folder / "checkpoints").is_dir()
     rows = read_returns(folder)
     evals = [float(r["eval_return"]) for r in rows if r["eval_return"]]
     trains = [float(r["train_return"]) for r in rows if r["train_return"]]
     assert evals and trains and all(math.isfinite(v) for v in evals + trains)
     assert 0 <= float(rows[-1]["eval_edge_fraction"]) <= 1
-    assert torch.load(folder / "checkpoint.pt", weights_only=False)["frames"] == final_frame
+    assert read_checkpoint(folder)["frames"] == final_frame
+
+
+def read_checkpoint(path: Path, components=None) -> dict:
+    """The newest checkpoint of a run folder (or one checkpoint folder) as plain values: ``frames``, ``updates``,
+    ``results``, ``config``, ``state`` (the state dicts), ``replay_buffer`` (``checkpoints.read_checkpoint``)."""
+    return script_module("checkpoints").read_checkpoint(path, components)
 
 
 def script_module(name: str) -> ModuleType:

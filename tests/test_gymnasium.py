@@ -13,7 +13,7 @@ from tensordict import TensorDict
 from torchrl.data import Bounded
 from torchrl.envs.utils import ExplorationType
 
-from _helpers import assert_results, ROOT, run_script, SCRIPT_DIR, script_module
+from _helpers import assert_results, read_checkpoint, ROOT, run_script, SCRIPT_DIR, script_module
 from test_sota_qsm import compose_config
 
 pytest.importorskip("gymnasium", reason="the gymnasium extra: pip install -e '.[gymnasium]' (CI installs it)")
@@ -24,13 +24,13 @@ def test_hopper_trains_evaluates_and_exports_like_a_dmc_task_and_stores_its_fall
     done = run_script(run, "env=hopper", "env.task=Hopper-v5")  # (TINY names cartpole) 50-step episodes, 200 frames
     assert "QSM on Hopper-v5" in done.stdout
     assert_results(run, final_frame=200)
-    stored = torch.load(run / "checkpoint.pt", weights_only=False)["replay_buffer"]["_storage"]["_storage"]
+    stored = read_checkpoint(run)["replay_buffer"]["_storage"]["_storage"]
     terminated, truncated = stored["next.terminated"][:200], stored["next.truncated"][:200]
     assert terminated.any(), "a random Hopper falls within 200 frames: a termination"
     assert not (terminated & truncated).any()
 
     evaluated = subprocess.run(
-        [sys.executable, str(SCRIPT_DIR / "evaluate.py"), f"checkpoint={run / 'checkpoint.pt'}", f"output={tmp_path}"],
+        [sys.executable, str(SCRIPT_DIR / "evaluate.py"), f"checkpoint={run}", f"output={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
-from _helpers import assert_results, run_script, script_module, TINY
+from _helpers import assert_results, read_checkpoint, run_script, script_module, TINY
 
 pytest.importorskip("ray", reason="the ray extra: pip install -e '.[ray]' (CI installs it)")
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def ray_processes() -> list[int]:
 def test_trains_on_a_local_ray_with_two_workers_and_shuts_it_down(tmp_path):
     done = run_script(tmp_path, *RAY)
     assert_results(tmp_path, final_frame=200)
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = read_checkpoint(tmp_path)
     assert saved["updates"] == 150  # the same accounting as one collector: utd 1 from frame 100
     assert saved["config"]["collector"]["backend"] == "ray"
     assert "collection: ray, 2 workers x 1 environment, sync; a local Ray of 2 CPUs" in done.stdout
@@ -81,7 +81,7 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint_and_it_resumes_with_async_coll
     os.killpg(run.process.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole process group
     output = run.finish(timeout=120)
     assert run.process.returncode == 130, output[-3000:]
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = read_checkpoint(tmp_path)
     assert 0 < saved["frames"] < 100000 and saved["updates"] > 0
     assert "Traceback" not in output, output[-3000:]
     assert not ray_processes(), "Ctrl-C left Ray running"
@@ -93,11 +93,11 @@ def test_ctrl_c_stops_a_ray_run_with_a_checkpoint_and_it_resumes_with_async_coll
         *RAY,
         "collector.sync=false",
         f"collector.total_frames={end}",
-        f"checkpoint.resume={tmp_path / 'checkpoint.pt'}",
+        f"checkpoint.resume={tmp_path}",
     )
     assert f"at frame {saved['frames']} ({saved['updates']} updates)" in done.stdout
     assert "changed: collector.sync: True -> False" in done.stdout
-    final = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    final = read_checkpoint(tmp_path)
     # as a run never stopped: one update per frame of every batch from frame 100 on, the owed ones done first
     assert (final["frames"], final["updates"]) == (end, end - 50)
     assert not ray_processes()

@@ -3,9 +3,11 @@ run folders and checkpoint files (README, "Checkpoints and resume")."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +19,17 @@ import pytest
 import torch
 from torchrl.envs import Transform
 
-from _helpers import assert_results, copy_run, read_returns, ROOT, run_script, SCRIPT_DIR, script_module, TINY
+from _helpers import (
+    assert_results,
+    copy_run,
+    read_checkpoint,
+    read_returns,
+    ROOT,
+    run_script,
+    SCRIPT_DIR,
+    script_module,
+    TINY,
+)
 
 pytestmark = pytest.mark.slow
 SCRIPT = str(SCRIPT_DIR / "qsm.py")
@@ -147,7 +159,7 @@ def test_a_signal_at_a_random_moment_leaves_a_checkpoint_that_resumes_to_the_sam
         output = run.finish()
         assert run.process.returncode == 128 + signum, output[-3000:]
         assert re.search(r"Stopped at frame \d+ \(\d+ updates\); checkpoint written to", output), output[-3000:]
-        saved = script_module("checkpoints").load_checkpoint(folder / "checkpoint.pt", torch.device("cpu"))  # verified
+        saved = read_checkpoint(folder)
         hit = re.search(rf"{signal.Signals(signum).name} received during ([a-z ]+): stopping", output)
         if hit and hit.group(1) == phase:
             break
@@ -157,13 +169,10 @@ def test_a_signal_at_a_random_moment_leaves_a_checkpoint_that_resumes_to_the_sam
     assert 0 < saved["frames"] <= 300
 
     # resume in place: the same frame and update counts as a run that was never stopped
-    done = run_script(folder, *overrides, f"checkpoint.resume={folder / 'checkpoint.pt'}", tiny=False)
-    final = torch.load(folder / "checkpoint.pt", weights_only=False)
+    done = run_script(folder, *overrides, f"checkpoint.resume={folder}", tiny=False)
+    final = read_checkpoint(folder)
     assert (final["frames"], final["updates"]) == (300, expected_updates(overrides)), done.stdout[-2000:]
-    assert (
-        f"Resumed from {folder / 'checkpoint.pt'} at frame {saved['frames']} ({saved['updates']} updates)"
-        in done.stdout
-    )
+    assert f"Resumed from {saved['path']} at frame {saved['frames']} ({saved['updates']} updates)" in done.stdout
 
 
 def test_a_second_signal_aborts_at_once_without_a_checkpoint(tmp_path):
@@ -193,7 +202,7 @@ def test_ctrl_c_stops_a_run_with_collector_processes_cleanly(tmp_path):
     os.killpg(run.process.pid, signal.SIGINT)
     output = run.finish(timeout=120)
     assert run.process.returncode == 130, output[-3000:]
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = read_checkpoint(tmp_path)
     assert 0 < saved["frames"] < 100000 and saved["updates"] > 0
     assert "Traceback" not in output, output[-3000:]
 
@@ -216,7 +225,7 @@ def test_a_nan_reward_stops_the_run_naming_the_key_and_the_frame_and_keeps_the_l
         loop.NonFiniteData, match=r"non-finite \('next', 'reward'\) \(\[nan\]\) at frame 130; it was not stored"
     ):
         train_in_process(cfg, tmp_path)
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = read_checkpoint(tmp_path)
     assert saved["frames"] == 100  # the last checkpoint before the NaN, untouched
     assert loop.state_is_finite(saved["state"])
 
@@ -226,7 +235,7 @@ def test_diverging_losses_stop_the_run_before_a_non_finite_checkpoint_is_written
     assert done.returncode == 1
     assert re.search(r"NonFiniteError: QSMLoss: loss_\w+ is (nan|inf)", done.stderr), done.stderr[-3000:]
     assert re.search(r"Stopped by an error at frame \d+ \(\d+ updates\); no checkpoint written", done.stdout)
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)  # the checkpoint of frame 50, before updates
+    saved = read_checkpoint(tmp_path)  # the checkpoint of frame 50, before updates
     assert saved["frames"] == 50 and script_module("loop").state_is_finite(saved["state"])
 
 
@@ -247,7 +256,7 @@ def test_the_loop_refuses_to_checkpoint_non_finite_weights(tmp_path):
 # --- resume ----------------------------------------------------------------------------------------
 def test_resume_refuses_structural_changes_naming_every_field_and_prints_the_allowed_ones(tmp_path, tiny_run):
     first = tiny_run
-    resume = f"checkpoint.resume={first / 'checkpoint.pt'}"
+    resume = f"checkpoint.resume={first}"
     done = run_script(
         tmp_path / "changed",
         resume,
@@ -280,29 +289,27 @@ def test_resume_refuses_structural_changes_naming_every_field_and_prints_the_all
         "changed: optim.lr: 0.0003 -> 0.0001",
     ):
         assert line in allowed.stdout
-    assert torch.load(tmp_path / "allowed" / "checkpoint.pt", weights_only=False)["frames"] == 300
+    assert read_checkpoint(tmp_path / "allowed")["frames"] == 300
 
 
 def test_a_saved_replay_buffer_is_never_dropped_and_a_missing_one_is_refilled_before_updates(tmp_path, tiny_run):
     first, again, without, refilled = tiny_run, *(tmp_path / name for name in ("again", "without", "refilled"))
     done = run_script(
         again,
-        f"checkpoint.resume={first / 'checkpoint.pt'}",
+        f"checkpoint.resume={first}",
         "checkpoint.save_replay_buffer=false",
         "collector.total_frames=250",
     )
     assert "its replay buffer was loaded; checkpoint.save_replay_buffer=false" in done.stdout
-    assert torch.load(again / "checkpoint.pt", weights_only=False)["updates"] == 150 + 50  # updated at once
+    assert read_checkpoint(again)["updates"] == 150 + 50  # updated at once
     # a checkpoint without a buffer: the policy collects init_random_frames new transitions first
     run_script(without, "checkpoint.save_replay_buffer=false")
-    done = run_script(refilled, f"checkpoint.resume={without / 'checkpoint.pt'}", "collector.total_frames=350")
+    done = run_script(refilled, f"checkpoint.resume={without}", "collector.total_frames=350")
     assert (
         "holds no replay buffer: updates resume once the policy has collected 100 new transitions (frame 300)"
         in done.stdout
     )
-    assert (
-        torch.load(refilled / "checkpoint.pt", weights_only=False)["updates"] == 150 + 100
-    )  # the batches ending at 300 and 350
+    assert read_checkpoint(refilled)["updates"] == 150 + 100  # the batches ending at 300 and 350
 
 
 def test_runs_are_repeatable_and_a_resumed_run_does_not_replay_the_first_episodes(tmp_path, tiny_run):
@@ -310,10 +317,10 @@ def test_runs_are_repeatable_and_a_resumed_run_does_not_replay_the_first_episode
     run_script(b)
     returns = [[(r["frame"], r["train_return"], r["eval_return"]) for r in read_returns(folder)] for folder in (a, b)]
     assert returns[0] == returns[1]  # the first episode's reset is seeded too
-    weights = [torch.load(f / "checkpoint.pt", weights_only=False)["state"]["loss"] for f in (a, b)]
+    weights = [read_checkpoint(f)["state"]["loss"] for f in (a, b)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     # resumed at frame 200, the episodes are new ones, not the first run's again
-    run_script(resumed, f"checkpoint.resume={a / 'checkpoint.pt'}", "collector.total_frames=400")
+    run_script(resumed, f"checkpoint.resume={a}", "collector.total_frames=400")
     first_episodes = [r["train_return"] for r in read_returns(a) if r["train_return"]][:4]
     after_resume = [r["train_return"] for r in read_returns(resumed) if r["train_return"] and int(r["frame"]) > 200][:4]
     assert first_episodes != after_resume
@@ -324,9 +331,9 @@ def test_a_folder_that_holds_another_run_is_refused_unless_that_run_is_resumed(t
     folder = copy_run(tiny_run, tmp_path / "run")
     done = run_script(folder, check=False)
     assert done.returncode == 1
-    assert f"{folder} holds another run (checkpoint.pt, returns.csv); resume it with checkpoint.resume=" in done.stderr
+    assert f"{folder} holds another run (checkpoints, returns.csv); resume it with checkpoint.resume=" in done.stderr
     assert read_returns(folder) == read_returns(tiny_run)  # untouched
-    run_script(folder, f"checkpoint.resume={folder / 'checkpoint.pt'}", "collector.total_frames=250")
+    run_script(folder, f"checkpoint.resume={folder}", "collector.total_frames=250")
 
 
 def test_two_runs_at_once_never_share_a_folder(tmp_path):
@@ -364,87 +371,173 @@ def test_two_runs_at_once_never_share_a_folder(tmp_path):
     outputs = [p.communicate(timeout=300)[0] for p in launches]
     assert all(p.returncode == 0 for p in launches), outputs
     folders = {re.search(r"results in (\S+)", out).group(1) for out in outputs}
-    assert len(folders) == 2 and all((tmp_path / f / "checkpoint.pt").is_file() for f in folders)
+    assert len(folders) == 2 and all((tmp_path / f / "checkpoints").is_dir() for f in folders)
 
 
 # --- checkpoint files ------------------------------------------------------------------------------
-def test_a_full_disk_names_the_path_removes_the_partial_file_and_keeps_the_previous_checkpoint(tmp_path):
+class SegmentTree(list):
+    """Stands for a prioritized sampler's C++ sum/min tree: indexed and assigned leaf by leaf, pickled only."""
+
+
+class PrioritizedBuffer:
+    """What checkpoints.replay_buffer_state sees of a prioritized replay buffer (this install lacks the C++ trees)."""
+
+    def __init__(self, priorities: list[float]) -> None:
+        self.sampler = type("Sampler", (), {})()
+        self.sampler._max_capacity = len(priorities)
+        self.sampler._sum_tree, self.sampler._min_tree = SegmentTree(priorities), SegmentTree(priorities)
+        self.loaded = None
+
+    def state_dict(self) -> dict:
+        trees = {name: SegmentTree(getattr(self.sampler, name)) for name in ("_sum_tree", "_min_tree")}
+        return {"_sampler": {"_alpha": 0.7, **trees}, "_writer": {"_cursor": 2}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded = state
+
+
+def test_a_prioritized_sampler_s_trees_are_checkpointed_as_tensors_and_written_back(tmp_path):
     checkpoints = script_module("checkpoints")
-    path = tmp_path / "checkpoint.pt"
-    checkpoints.save_checkpoint(path, {"frames": 1})
-    (tmp_path / "checkpoint.pt.tmp").symlink_to("/dev/full")  # every write to it fails with ENOSPC
-    with pytest.raises(OSError, match=rf"No space left on device while writing the checkpoint {re.escape(str(path))}"):
-        checkpoints.save_checkpoint(path, {"frames": 2, "data": torch.zeros(1000)})
-    assert not (tmp_path / "checkpoint.pt.tmp").exists() and not (tmp_path / "checkpoint.pt.sha256.tmp").exists()
-    assert torch.load(path, weights_only=False) == {"frames": 1}
+    state = checkpoints.replay_buffer_state(PrioritizedBuffer([0.5, 2.0, 1.0]))
+    torch.save(state, tmp_path / "buffer.pt")
+    loaded = torch.load(tmp_path / "buffer.pt", weights_only=True)  # no pickled tree: tensors and plain values
+    assert loaded["_sampler"]["_sum_tree"].tolist() == [0.5, 2.0, 1.0]
+    target = PrioritizedBuffer([0.0, 0.0, 0.0])
+    checkpoints.load_replay_buffer_state(target, loaded)
+    assert target.sampler._sum_tree == [0.5, 2.0, 1.0] and target.sampler._min_tree == [0.5, 2.0, 1.0]
+    assert target.loaded["_sampler"]["_sum_tree"] is target.sampler._sum_tree  # the sampler's own trees, filled
+    assert target.loaded["_writer"] == {"_cursor": 2} and target.loaded["_sampler"]["_alpha"] == 0.7
 
 
-@pytest.mark.parametrize("killed_at", ["the checkpoint's rename", "the final checksum write"])
-def test_a_write_killed_at_any_step_leaves_a_checkpoint_its_checksum_accepts(tmp_path, monkeypatch, killed_at):
+def small_checkpoint(checkpoints, frames: int):
+    """A checkpoint of the script's kind with two components: counters (JSON) and weights (a state dict)."""
+    from torchrl_qsm.modules.saving import weights_only_checkpoint  # noqa: PLC0415
+
+    state = {"format": checkpoints.FORMAT, "frames": frames}
+    return state, weights_only_checkpoint(trainer_state=state, weights=torch.nn.Linear(2, 2))
+
+
+def test_a_full_disk_names_the_folder_removes_the_partial_files_and_keeps_the_previous_checkpoint(
+    tmp_path, monkeypatch
+):
     checkpoints = script_module("checkpoints")
-    path = tmp_path / "checkpoint.pt"
-    checkpoints.save_checkpoint(path, {"format": checkpoints.FORMAT, "frames": 1})
-    steps = {
-        "the checkpoint's rename": (checkpoints.os, "replace", 0),
-        "the final checksum write": (checkpoints, "_write_digests", 1),
-    }
-    module, name, calls_before = steps[killed_at]
-    real, seen = getattr(module, name), []
+    state, checkpoint = small_checkpoint(checkpoints, frames=1)
+    checkpoints.save_checkpoint(tmp_path, checkpoint, 1, ["trainer_state", "weights"])
+    real_save = torch.save
 
-    def killed(*args, **kwargs):  # as SIGKILL would stop the process at this call
-        if name == "replace" and not str(args[1]).endswith(".pt"):
-            return real(*args, **kwargs)
-        seen.append(args)
-        if len(seen) > calls_before:
-            raise SystemExit(137)
-        return real(*args, **kwargs)
+    def full_disk(obj, path, *args, **kwargs):  # half written, then the disk is full
+        Path(path).write_bytes(b"half a state dict")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(module, name, killed)
-    with pytest.raises(SystemExit):
-        checkpoints.save_checkpoint(path, {"format": checkpoints.FORMAT, "frames": 2})
-    monkeypatch.undo()
-    digests = (tmp_path / "checkpoint.pt.sha256").read_text()
-    assert checkpoints.hashlib.sha256(path.read_bytes()).hexdigest() in digests  # accepted, old or new file
+    monkeypatch.setattr(torch, "save", full_disk)
+    state["frames"] = 2
+    with pytest.raises(
+        OSError, match=rf"No space left on device while writing a checkpoint into {re.escape(str(tmp_path))}"
+    ):
+        checkpoints.save_checkpoint(tmp_path, checkpoint, 2, ["trainer_state", "weights"])
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-000000000001"]  # nothing staged left
+    assert read_checkpoint(tmp_path)["frames"] == 1
 
 
-def test_damaged_foreign_or_unverifiable_files_are_refused_by_name(tmp_path, tiny_run):
+KILLED = """
+import os, sys, torch
+sys.path.insert(0, {script_dir!r})
+import checkpoints
+import torchrl.checkpoint._checkpoint as torchrl_checkpoint
+from torchrl_qsm.modules.saving import weights_only_checkpoint
+
+folder, point = {folder!r}, {point!r}
+state = {{"format": checkpoints.FORMAT, "frames": 0}}
+checkpoint = weights_only_checkpoint(trainer_state=state, weights=torch.nn.Linear(2, 2))
+real_replace, renames = torchrl_checkpoint.os.replace, []
+
+
+def replace_killed_at_the_second(*args):  # the old checkpoint renamed to its backup, then killed
+    renames.append(args)
+    if len(renames) == 2:
+        os._exit(137)
+    return real_replace(*args)
+
+
+for save, frames in enumerate((1, 2, 2) if point == "replacing the same frame count" else (1, 2, 3)):
+    if save == 2:  # as SIGKILL would stop the process at this call: no cleanup runs
+        killed = lambda *args, **kwargs: os._exit(137)
+        if point == "writing":
+            torch.save = killed
+        elif point == "renaming into place":
+            torchrl_checkpoint.os.replace = killed
+        elif point == "removing the oldest":
+            torchrl_checkpoint.shutil.rmtree = killed
+        else:
+            torchrl_checkpoint.os.replace = replace_killed_at_the_second
+    state["frames"] = frames
+    checkpoints.save_checkpoint(folder, checkpoint, frames, ["trainer_state", "weights"])
+"""
+
+
+@pytest.mark.parametrize(
+    "point, newest, after_cleanup",
+    [
+        ("writing", 2, 2),
+        ("renaming into place", 2, 2),
+        ("removing the oldest", 3, 3),
+        ("replacing the same frame count", 1, 2),  # a stop at the frame of the last checkpoint, more updates done
+    ],
+)
+def test_a_write_killed_at_any_step_leaves_a_whole_checkpoint_to_resume(tmp_path, point, newest, after_cleanup):
     checkpoints = script_module("checkpoints")
-    good = tiny_run / "checkpoint.pt"
-    checkpoints.load_checkpoint(good, torch.device("cpu"))
-    flipped = tmp_path / "flipped.pt"
-    data = bytearray(good.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    flipped.write_bytes(data)
-    (tmp_path / "flipped.pt.sha256").write_text((tiny_run / "checkpoint.pt.sha256").read_text())
-    text = tmp_path / "notes.pt"
-    text.write_text("not a checkpoint")
-    checkpoints.save_checkpoint(tmp_path / "foreign.pt", {"weights": torch.ones(2)})
-    copied = tmp_path / "copied.pt"
-    copied.write_bytes(good.read_bytes())
+    code = KILLED.format(script_dir=str(SCRIPT_DIR), folder=str(tmp_path), point=point)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 137, done.stderr[-3000:]
+    assert read_checkpoint(tmp_path)["frames"] == newest  # the newest whole checkpoint; partial files are hidden
+    removed = checkpoints.remove_stale_partials(tmp_path)  # what the next start does (puts a lone backup back)
+    newest = after_cleanup
+    assert removed and all(p.name.startswith(".checkpoint-") for p in removed), removed
+    assert all(p.name.startswith("checkpoint-") for p in (tmp_path / "checkpoints").iterdir())
+    assert read_checkpoint(tmp_path)["frames"] == newest
+
+
+def test_damaged_foreign_or_old_checkpoints_are_refused_by_name(tmp_path, tiny_run):
+    checkpoints = script_module("checkpoints")
+    newest = checkpoints.find_checkpoint(tiny_run)
+    assert newest == tiny_run / "checkpoints" / "checkpoint-000000000200"
+    damaged = tmp_path / "damaged"
+    shutil.copytree(newest, damaged)
+    next(damaged.glob("components/*-critic_optim/state.pt")).write_bytes(b"not a state dict")
+    unreadable = tmp_path / "unreadable"
+    shutil.copytree(newest, unreadable)
+    (unreadable / "manifest.json").write_text("{")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "old").mkdir()
+    torch.save({"format": "torchrl_qsm checkpoint 2", "frames": 1}, tmp_path / "old" / "checkpoint.pt")
     for path, message in [
-        (flipped, "does not match its checksum"),
-        (copied, "has no checksum file beside it"),
-        (tmp_path / "foreign.pt", "is not a checkpoint written by the QSM training script"),
+        (unreadable, "holds no checkpoint of the QSM training script"),
+        (tmp_path / "notes.txt", "is not a checkpoint of the QSM training script"),
+        (tmp_path / "empty", "holds no checkpoint of the QSM training script"),
+        (tmp_path / "old", "is a checkpoint of an earlier version of the script"),
     ]:
         with pytest.raises(checkpoints.CheckpointError, match=message):
-            checkpoints.load_checkpoint(path, torch.device("cpu"))
-    checkpoints.save_checkpoint(text, {})  # a checksum for a file torch cannot read
-    text.write_text("not a checkpoint")
-    (tmp_path / "notes.pt.sha256").write_text(
-        f"{__import__('hashlib').sha256(b'not a checkpoint').hexdigest()}  notes.pt\n"
-    )
-    with pytest.raises(checkpoints.CheckpointError, match="is not a checkpoint that torch can read"):
-        checkpoints.load_checkpoint(text, torch.device("cpu"))
-    done = run_script(tmp_path / "resumed", f"checkpoint.resume={flipped}", check=False)
-    assert done.returncode == 1 and "does not match its checksum" in done.stderr
+            checkpoints.read_checkpoint(path)
+    with pytest.raises(checkpoints.CheckpointError, match="cannot be read"):
+        checkpoints.read_checkpoint(damaged)
+    done = run_script(tmp_path / "resumed", f"checkpoint.resume={damaged}", check=False)
+    assert done.returncode == 1 and f"{damaged} cannot be resumed" in done.stderr, done.stderr[-3000:]
 
 
 def test_partial_files_of_an_interrupted_write_are_removed_at_start(tmp_path, tiny_run):
     folder = copy_run(tiny_run, tmp_path / "run")
-    (folder / "checkpoint.pt.tmp").write_bytes(b"half a checkpoint")
-    done = run_script(folder, f"checkpoint.resume={folder / 'checkpoint.pt'}", "collector.total_frames=250")
-    assert "Removed the partial files of an interrupted write: ['checkpoint.pt.tmp']" in done.stdout
-    assert not (folder / "checkpoint.pt.tmp").exists()
+    (folder / "returns.csv.tmp").write_bytes(b"half a table")
+    staged = folder / "checkpoints" / ".checkpoint-000000000250.stage-0123"
+    staged.mkdir()
+    (staged / "manifest.json").write_text("{")
+    done = run_script(folder, f"checkpoint.resume={folder}", "collector.total_frames=250")
+    assert (
+        "Removed the partial files of an interrupted write: ['returns.csv.tmp', '.checkpoint-000000000250.stage-0123']"
+        in done.stdout
+    )
+    assert not staged.exists() and not (folder / "returns.csv.tmp").exists()
     assert_results(folder, final_frame=250)
 
 

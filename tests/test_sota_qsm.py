@@ -13,7 +13,17 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from _helpers import assert_results, BASELINES, read_returns, ROOT, run_script, SCRIPT_DIR, script_module, TINY
+from _helpers import (
+    assert_results,
+    BASELINES,
+    read_checkpoint,
+    read_returns,
+    ROOT,
+    run_script,
+    SCRIPT_DIR,
+    script_module,
+    TINY,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +65,7 @@ def test_torchrl_baselines_run_through_the_script_s_loop(tmp_path, algorithm):
     done = run_script(tmp_path, script=[str(BASELINES), algorithm])
     assert_results(tmp_path, final_frame=200)
     assert f"{algorithm.upper()} on cartpole-swingup" in done.stdout
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = read_checkpoint(tmp_path)
     assert saved["config"]["algorithm"] == algorithm.upper() and saved["updates"] == 150
 
 
@@ -78,14 +88,14 @@ def test_trains_with_two_collector_processes_of_two_environments_each(tmp_path):
 
 def test_resume_restores_weights_optimizers_and_replay_buffer_exactly_and_continues(tmp_path, tiny_run):
     first, again, longer = tiny_run, tmp_path / "again", tmp_path / "longer"
-    saved = torch.load(first / "checkpoint.pt", weights_only=False)
+    saved = read_checkpoint(first)
     assert saved["frames"] == 200 and saved["updates"] == 150
 
     # resuming with nothing left to do must write back exactly what it loaded
-    done = run_script(again, f"checkpoint.resume={first / 'checkpoint.pt'}")
+    done = run_script(again, f"checkpoint.resume={first}")
     assert "Resumed from" in done.stdout and "at frame 200 (150 updates)" in done.stdout
     assert "restored exactly: networks, target networks, optimizers" in done.stdout
-    reloaded = torch.load(again / "checkpoint.pt", weights_only=False)
+    reloaded = read_checkpoint(again)
     for component in ("loss", "actor_optim", "critic_optim", "actor_lr_schedule", "target_updater"):
         assert_state_equal(saved["state"][component], reloaded["state"][component], component)
     # the storage is allocated for replay_buffer.size rows; the first 200 hold data, the rest is uninitialised
@@ -96,9 +106,9 @@ def test_resume_restores_weights_optimizers_and_replay_buffer_exactly_and_contin
     assert reloaded["results"] == saved["results"] and reloaded["update_credit"] == saved["update_credit"]
 
     # and resuming to 2N starts at N with the first run's data, then finishes
-    done = run_script(longer, f"checkpoint.resume={first / 'checkpoint.pt'}", "collector.total_frames=400")
+    done = run_script(longer, f"checkpoint.resume={first}", "collector.total_frames=400")
     assert "at frame 200" in done.stdout
-    final = torch.load(longer / "checkpoint.pt", weights_only=False)
+    final = read_checkpoint(longer)
     assert final["frames"] == 400 and final["updates"] == 350
     assert_state_equal(rows_of(saved["replay_buffer"], 200), rows_of(final["replay_buffer"], 200), "buffer prefix")
     rows = read_returns(longer)
@@ -110,10 +120,10 @@ def test_optimizer_settings_changed_at_resume_are_the_ones_the_resumed_run_uses(
     # torch's optimizers and schedules load their learning rates (and Adam its fused flag) from a state dict
     # too; the run's config wins (Adam's moments and step counts, and the schedule's position, still come
     # from the checkpoint)
-    saved = torch.load(tiny_run / "checkpoint.pt", weights_only=False)
+    saved = read_checkpoint(tiny_run)
     done = run_script(
         tmp_path,
-        f"checkpoint.resume={tiny_run / 'checkpoint.pt'}",
+        f"checkpoint.resume={tiny_run}",
         "collector.total_frames=250",
         "optim.lr=1e-4",
         "optim.actor_lr_decay_updates=1000",
@@ -121,7 +131,7 @@ def test_optimizer_settings_changed_at_resume_are_the_ones_the_resumed_run_uses(
     )
     assert "optim.lr: 0.0003 -> 0.0001" in done.stdout
     assert "optim.fused_adam: True -> False" in done.stdout
-    final = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    final = read_checkpoint(tmp_path)
     updates = final["updates"]
     assert updates > saved["updates"]
     (critic,) = final["state"]["critic_optim"]["param_groups"]
@@ -262,7 +272,7 @@ def test_bad_configuration_fails_before_training(tmp_path):
     done = run_script(tmp_path, "diffusion.alpha=-1", check=False)
     assert done.returncode != 0
     assert "alpha (the scale of grad_a Q) must be 'auto' or a finite number > 0" in done.stderr
-    assert not (tmp_path / "returns.csv").exists() and not (tmp_path / "checkpoint.pt").exists()
+    assert not (tmp_path / "returns.csv").exists() and not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (SCRIPT_DIR / "env").glob("*.yaml")))

@@ -13,18 +13,23 @@ from torchrl_qsm.diffusion import (
 )
 from torchrl_qsm.modules import (
     actor_record,
+    actor_state,
+    ActorFileError,
     BestOfNActor,
+    build_actor,
     DiffusionActor,
     DiffusionPolicy,
     export_policy,
     load_actor,
     save_actor,
+    UnsafeFileError,
 )
 from torchrl_qsm.objectives import CurvatureAlpha, QSMLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorFileError",
     "BestOfNActor",
     "CurvatureAlpha",
     "DiffusionActor",
@@ -37,8 +42,11 @@ __all__ = [
     "QSMLoss",
     "SinusoidalFeatures",
     "StepConditionedNetwork",
+    "UnsafeFileError",
     "__version__",
     "actor_record",
+    "actor_state",
+    "build_actor",
     "ddpm_sample",
     "edge_fraction",
     "export_policy",

@@ -1,7 +1,7 @@
 """TorchRL's SAC and TD3, trained by the QSM script's own loop, for the learning comparison.
 
     python benchmarks/learning/baselines.py sac env.domain=walker env.task=walk collector.total_frames=50000
-    python benchmarks/learning/baselines.py td3 checkpoint.resume=outputs/.../checkpoint.pt
+    python benchmarks/learning/baselines.py td3 checkpoint.resume=outputs/<run>
     python benchmarks/learning/baselines.py sac --alpha-init 0.1 env.domain=finger env.task=spin  # pytorch_sac's
 
 ``--alpha-init`` is SAC's initial entropy coefficient: TorchRL's ``SACLoss`` default and sota recipe start at

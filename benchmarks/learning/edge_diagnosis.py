@@ -1,6 +1,6 @@
 """Why a QSM policy's actions sit on the box edges: the chain, or the critic?
 
-    python benchmarks/learning/edge_diagnosis.py outputs/learning/cheetah_run/qsm-auto_seed0/checkpoint.pt
+    python benchmarks/learning/edge_diagnosis.py outputs/learning/cheetah_run/qsm-auto_seed0   # its newest checkpoint
 
 Loads a checkpoint of qsm.py (its actor and its critics), runs the actor for ``--episodes`` evaluation
 episodes of ``--steps`` steps, and at the visited states asks the critics about each action component that
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "sota-implementations" / "qsm"))
 from torchrl_qsm import load_actor
 
-from checkpoints import load_checkpoint
+from checkpoints import read_checkpoint
 from config import saved_config
 from utils import make_critic, make_eval_env, make_loss_module
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--inward", type=float, default=0.2, help="how far inside (in the [-1, 1] box) to compare")
     args = parser.parse_args()
-    saved = load_checkpoint(args.checkpoint, torch.device("cpu"))
+    saved = read_checkpoint(args.checkpoint, components=("config", "trainer_state", "loss"))
     cfg = saved_config(saved)
     cfg.eval.episodes, cfg.eval.video = args.episodes, False
     actor = load_actor(args.checkpoint)

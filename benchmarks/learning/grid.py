@@ -87,10 +87,14 @@ def run_overrides(args, algorithm: str, task: str, seed: int, folder: Path) -> l
         f"hydra.run.dir={folder}",
         *args.set,
     ]
-    checkpoint = folder / "checkpoint.pt"
-    if checkpoint.is_file():
-        overrides.append(f"checkpoint.resume={checkpoint}")
+    if has_checkpoint(folder):
+        overrides.append(f"checkpoint.resume={folder}")  # its newest checkpoint
     return overrides
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether a run folder holds a checkpoint to resume (``checkpoints/checkpoint-<frames>``)."""
+    return any((folder / "checkpoints").glob("checkpoint-*"))
 
 
 def finished(folder: Path, frames: int) -> bool:
@@ -134,7 +138,7 @@ def launch(args, algorithm: str, task: str, seed: int) -> tuple[str, int, float]
     folder = Path(args.runs) / task / f"{algorithm}_seed{seed}"
     if reached(results_csv(args, algorithm, task, seed), args.frames) or finished(folder, args.frames):
         return f"{task} {algorithm} seed {seed}: done before", 0, 0.0
-    if folder.is_dir() and not (folder / "checkpoint.pt").is_file():
+    if folder.is_dir() and not has_checkpoint(folder):
         shutil.rmtree(folder)  # a run stopped before its first checkpoint: nothing to resume, start again
     command = [sys.executable, *ALGORITHMS[algorithm], *run_overrides(args, algorithm, task, seed, folder)]
     with open(Path(args.out) / "commands.txt", "a") as log:

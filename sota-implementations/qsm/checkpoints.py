@@ -1,149 +1,171 @@
-"""What a run leaves on disk and reads back: its folder, its checkpoint and the checkpoint's checksum.
+"""What a run leaves on disk and reads back: its folder and its checkpoints, through ``torchrl.checkpoint``.
 
 - A run claims its folder (an advisory lock held for the life of the process), so two runs never
   write into one folder; a folder that holds another run is refused unless that run is resumed.
-- A checkpoint is written to ``checkpoint.pt.tmp`` with its SHA-256 computed on the way, flushed to
-  disk, then renamed over ``checkpoint.pt``, with the digest in ``checkpoint.pt.sha256`` beside it:
-  a reader finds either the previous checkpoint or the new one, never a partial file, and the checksum
-  file accepts whichever it finds. On a full disk the partial file is removed and the error says so.
-- Reading verifies the digest and the contents before anything is loaded.
+- Its checkpoints are ``torchrl.checkpoint.Checkpoint`` directories under ``checkpoints/``, one per
+  frame count (``checkpoint-000000200000``), written by ``CheckpointRotation``: each is staged in a
+  hidden folder and renamed into place, then all but the newest two are removed, so a process killed
+  at any moment leaves at least one whole checkpoint, and the newest whole one is the one resumed.
+- The components: the loss, optimizers, learning-rate schedule and target updater (state dicts), the
+  replay buffer (optional), the RNG states (``GlobalRNGState``), ``trainer_state`` (counters, schedule
+  and results as JSON), ``config`` (JSON), and for a diffusion actor its weights and ``actor_record``
+  (JSON), what ``torchrl_qsm.load_actor`` and evaluate.py build it from. Each state dict is a
+  ``state.pt`` read weights-only (``torchrl_qsm``'s ``WeightsOnlyStateDictAdapter``) and the rest is
+  JSON: reading a checkpoint runs no code from it, and a crafted one is refused (``UnsafeFileError``).
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
-import io
 import os
-import pickle
-import random
+import shutil
 import zipfile
+from collections.abc import Collection
 from pathlib import Path
 
-import numpy as np
 import torch
+from torchrl.checkpoint import Checkpoint, CheckpointRotation
+from torchrl.checkpoint import CheckpointError as TorchRLCheckpointError
 
-CHECKPOINT = "checkpoint.pt"
-FORMAT = "torchrl_qsm checkpoint 1"
-REQUIRED_KEYS = ("format", "config", "frames", "updates", "update_credit", "results", "rng", "wall_time", "schedule")
-RUN_FILES = (CHECKPOINT, "returns.csv")
+from torchrl_qsm.modules.saving import load_checkpoint_components, weights_only_checkpoint
+
+CHECKPOINTS = "checkpoints"  # the run folder's rotation of checkpoints
+KEEP_LAST = 2
+FORMAT = "torchrl_qsm checkpoint 3"  # trainer_state["format"]; 3: torchrl.checkpoint (1 and 2 were one .pt file)
+JSON_COMPONENTS = ("config", "trainer_state", "actor_record")
+RUN_FILES = (CHECKPOINTS, "returns.csv")
 
 
 class CheckpointError(ValueError):
-    """A file that cannot be resumed from: not a checkpoint, damaged, or without its checksum."""
+    """A path that cannot be resumed from: no checkpoint there, an earlier format, or a damaged one."""
 
 
-def checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+def rotation(folder: Path) -> CheckpointRotation:
+    """The run folder's checkpoints: the newest ``KEEP_LAST`` are kept."""
+    return CheckpointRotation(Path(folder) / CHECKPOINTS, keep_last=KEEP_LAST)
 
 
-class _Hashing(io.RawIOBase):
-    """A write-only file that hashes what passes through it."""
-
-    def __init__(self, file, digest) -> None:
-        self.file, self.digest = file, digest
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self.digest.update(data)
-        return self.file.write(data)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def save_checkpoint(folder: Path, checkpoint: Checkpoint, step: int, components: Collection[str]) -> Path:
+    """``checkpoint``'s ``components`` into the run folder's rotation at ``step``; a full disk is reported with the
+    path (the staged files are removed, the previous checkpoints stay)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _accepted_digests(digest_file: Path) -> list[str]:
-    if not digest_file.is_file():
-        return []
-    return [line.split()[0] for line in digest_file.read_text().splitlines() if line.split()]
-
-
-def _write_digests(digest_file: Path, digests: list[str], name: str) -> None:
-    tmp = digest_file.with_name(digest_file.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.writelines(f"{digest}  {name}\n" for digest in digests)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, digest_file)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Writes ``state`` and its checksum so that a process killed at any moment leaves a checkpoint that its
-    checksum file accepts: the new digest is added to the accepted ones before the new file replaces the old,
-    and the old digest is dropped after."""
-    tmp, digest_file = path.with_name(path.name + ".tmp"), checksum_path(path)
-    digest_tmp = digest_file.with_name(digest_file.name + ".tmp")
-    digest = hashlib.sha256()
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, _Hashing(f, digest))
-            f.flush()
-            os.fsync(f.fileno())
-        new = digest.hexdigest()
-        _write_digests(digest_file, [new, *_accepted_digests(digest_file)[:1]], path.name)  # new or old file
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        _write_digests(digest_file, [new], path.name)
-        _fsync_dir(path.parent)
-    except BaseException as err:
-        for partial in (tmp, digest_tmp):
-            partial.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return rotation(folder).save(checkpoint, step=step, components=components)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
             raise OSError(
                 errno.ENOSPC,
-                f"No space left on device while writing the checkpoint {path}; the partial file was removed and the "
-                f"previous checkpoint (if any) is unchanged. Free space on that disk, or set "
-                f"checkpoint.save_replay_buffer=false to write smaller checkpoints",
+                f"No space left on device while writing a checkpoint into {Path(folder) / CHECKPOINTS}; the partial "
+                "files were removed and the previous checkpoints are unchanged. Free space on that disk, or set "
+                "checkpoint.save_replay_buffer=false to write smaller checkpoints",
             ) from err
         raise
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:
-    """Deletes the ``*.tmp`` files an interrupted write left in ``folder`` (call while holding its lock)."""
-    stale = sorted(folder.glob("*.tmp"))
+    """Deletes what an interrupted write left in ``folder`` (call while holding its lock): ``*.tmp`` files, and the
+    hidden staging, backup and deletion folders of ``torchrl.checkpoint`` in its rotation. A backup whose checkpoint
+    is missing (a checkpoint of the same frame count replaced, killed between its two renames) is put back."""
+    for backup in sorted((folder / CHECKPOINTS).glob(".checkpoint-*.backup-*")):
+        target = backup.with_name(backup.name[1:].partition(".backup-")[0])
+        if Checkpoint.is_checkpoint(backup) and not target.exists():
+            os.replace(backup, target)
+    stale = sorted(folder.glob("*.tmp")) + sorted((folder / CHECKPOINTS).glob(".*"))
     for path in stale:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return stale
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device) -> dict:
-    """The checkpoint at ``path``, after checking its checksum and contents (``CheckpointError`` otherwise)."""
+def _old_format(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is a checkpoint of an earlier version of the script (one checkpoint.pt file, formats 1 and 2); "
+        "this version writes and reads torchrl.checkpoint folders (checkpoints/checkpoint-<frames>). Resume or "
+        "evaluate it with the version that wrote it, or start a new run."
+    )
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint that ``checkpoint.resume=PATH`` names: a checkpoint folder, or the newest whole one of a run
+    folder (or of its ``checkpoints/``). ``CheckpointError`` names what is there otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint.resume={str(path)!r}: no such file.")
-    digest_file = checksum_path(path)
-    if not digest_file.is_file():
-        raise CheckpointError(
-            f"{path} has no checksum file beside it ({digest_file.name}), so it cannot be verified; a checkpoint "
-            "written by qsm.py always has one (copy both files together)."
-        )
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    if digest.hexdigest() not in _accepted_digests(digest_file):
-        raise CheckpointError(
-            f"{path} does not match its checksum ({digest_file.name}): the file was changed or damaged after it "
-            "was written. Resume from another checkpoint."
-        )
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint.resume={str(path)!r}: no such file or folder.")
+    if Checkpoint.is_checkpoint(path):
+        return path
+    if path.is_file():
+        if zipfile.is_zipfile(path) or path.suffix == ".pt":
+            raise _old_format(path)
+        raise CheckpointError(f"{path} is not a checkpoint of the QSM training script (a torchrl.checkpoint folder).")
+    for folder in (path, path / CHECKPOINTS):
+        if folder.is_dir():
+            latest = CheckpointRotation(folder, keep_last=KEEP_LAST).latest()
+            if latest is not None:
+                return latest
+    if (path / "checkpoint.pt").is_file():
+        raise _old_format(path / "checkpoint.pt")
+    raise CheckpointError(
+        f"{path} holds no checkpoint of the QSM training script (a torchrl.checkpoint folder, or a run folder with "
+        f"{CHECKPOINTS}/ holding one)."
+    )
+
+
+class StateOf:
+    """A checkpoint component for ``target``'s state dict, loaded through ``load`` (default ``load_state_dict``)."""
+
+    def __init__(self, target, save=None, load=None) -> None:
+        self.target = target
+        self._save = save or (lambda: target.state_dict())
+        self._load = load or (lambda state: target.load_state_dict(state))
+
+    def state_dict(self) -> dict:
+        return self._save()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._load(state)
+
+
+class Captured:
+    """A component that keeps the state dict it is given (to read a checkpoint without the objects it restores)."""
+
+    state = None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state
+
+
+def read_checkpoint(path: str | os.PathLike, components: Collection[str] | None = None) -> dict:
+    """A checkpoint's components as plain values (``components``, default all): the ``trainer_state`` entries at the
+    top (``frames``, ``updates``, ``results``, ...), ``config``, ``actor_record``, and the state dicts under
+    ``state`` (``replay_buffer``, ``rng`` and ``actor`` at the top). For evaluate.py, tools and tests."""
+    path = find_checkpoint(path)
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path} is not a checkpoint that torch can read ({type(err).__name__}: {err}).") from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a checkpoint written by the QSM training script ({FORMAT!r}).")
-    missing = [key for key in REQUIRED_KEYS if key not in state]
-    if missing:
-        raise CheckpointError(f"{path} lacks {missing}; it was not written by this version of the script.")
-    return state
+        saved = Checkpoint.manifest(path)["components"]
+    except TorchRLCheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    if "trainer_state" not in saved and (components is None or "trainer_state" in components):
+        raise CheckpointError(f"{path} is a TorchRL checkpoint, but not one of the QSM script (no trainer_state).")
+    names = [name for name in saved if components is None or name in components]
+    values = {name: ({} if name in JSON_COMPONENTS else Captured()) for name in names}
+    try:
+        load_checkpoint_components(weights_only_checkpoint(**values), path, names, map_location="cpu")
+    except (TorchRLCheckpointError, OSError, KeyError) as err:
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}).") from None
+    out = dict(values.pop("trainer_state", {}))
+    if out and out.get("format") != FORMAT:
+        raise CheckpointError(f"{path} was written in format {out.get('format')!r}; this script reads {FORMAT!r}.")
+    out.update({name: values.pop(name) for name in JSON_COMPONENTS if name in values})
+    for name in ("replay_buffer", "rng", "actor"):
+        if name in values:
+            out[name] = values.pop(name).state
+    out["state"] = {name: value.state for name, value in values.items()}
+    out["path"] = path
+    return out
 
 
 class RunFolder:
@@ -162,13 +184,14 @@ class RunFolder:
             raise RuntimeError(
                 f"{folder} is in use by another run ({owner}); give this one another folder (hydra.run.dir=...)."
             ) from None
-        resuming_here = resume is not None and Path(resume).resolve().parent == folder.resolve()
+        here = folder.resolve()
+        resuming_here = resume is not None and here in (Path(resume).resolve(), *Path(resume).resolve().parents)
         previous = [name for name in RUN_FILES if (folder / name).exists()]
         if previous and not resuming_here:
             self._lock.close()
             raise RuntimeError(
                 f"{folder} holds another run ({', '.join(previous)}); resume it with "
-                f"checkpoint.resume={folder / CHECKPOINT} or give this run another folder (hydra.run.dir=...)."
+                f"checkpoint.resume={folder} or give this run another folder (hydra.run.dir=...)."
             )
         self._lock.seek(0)
         self._lock.truncate()
@@ -177,16 +200,35 @@ class RunFolder:
         self.removed_partials = remove_stale_partials(folder)
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+# A prioritized sampler's state holds its segment trees, C++ objects that only pickle: in a checkpoint they are
+# their leaf values (float64 tensors), written back into the sampler's own trees when loaded.
+_TREES = ("_sum_tree", "_min_tree")
+
+
+def replay_buffer_state(buffer) -> dict:
+    """``buffer.state_dict()`` with tensors and plain values only."""
+    state = buffer.state_dict()
+    sampler = state.get("_sampler")
+    if isinstance(sampler, dict) and any(name in sampler for name in _TREES):
+        capacity = buffer.sampler._max_capacity
+        state["_sampler"] = dict(sampler) | {
+            name: torch.tensor([sampler[name][i] for i in range(capacity)], dtype=torch.float64)
+            for name in _TREES
+            if name in sampler
+        }
     return state
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+def load_replay_buffer_state(buffer, state: dict) -> None:
+    """The inverse of :func:`replay_buffer_state`."""
+    sampler = state.get("_sampler")
+    if isinstance(sampler, dict) and any(torch.is_tensor(sampler.get(name)) for name in _TREES):
+        trees = {}
+        for name in _TREES:
+            if torch.is_tensor(sampler.get(name)):
+                tree = getattr(buffer.sampler, name)
+                for i, value in enumerate(sampler[name].tolist()):
+                    tree[i] = value
+                trees[name] = tree
+        state = dict(state) | {"_sampler": dict(sampler) | trees}
+    buffer.load_state_dict(state)

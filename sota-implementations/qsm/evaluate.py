@@ -1,12 +1,15 @@
 """Evaluates a checkpoint of qsm.py and exports its policy; needs nothing but the checkpoint.
 
-    python sota-implementations/qsm/evaluate.py checkpoint=outputs/.../checkpoint.pt
+    python sota-implementations/qsm/evaluate.py checkpoint=outputs/<run>   # its newest checkpoint
     python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.episodes=50 eval.mode=deterministic
     python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.video=true output=DIR
     python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.best_of_n=16   # also the critic-ranked best of 16
 
-The task and its settings come from the checkpoint's config; the actor from the checkpoint itself
-(``torchrl_qsm.load_actor``). Writes into ``output`` (default: ``evaluation/`` beside the checkpoint):
+``checkpoint`` is a run folder (its newest checkpoint) or one checkpoint folder (``checkpoints/checkpoint-<frames>``).
+The task and its settings come from the checkpoint's config; the actor from the checkpoint itself, built
+by the library from the record and weights it holds (``torchrl_qsm.build_actor``): a checkpoint is tensors
+and JSON, and reading it runs no code from it.
+Writes into ``output`` (default: ``evaluation/`` in the run folder):
 ``returns.csv`` (one row per episode, its return; the share of action components on the box edges is printed;
 with ``eval.best_of_n=N > 1`` also the return of the best of N chain samples as the checkpoint's critics rank
 them, on the same episodes, next to the plain one),
@@ -30,9 +33,10 @@ import torch
 from omegaconf import OmegaConf
 from torchrl.envs.utils import ExplorationType
 
-from torchrl_qsm import BestOfNActor, export_policy, load_actor
+from torchrl_qsm import BestOfNActor, build_actor, export_policy
+from torchrl_qsm.modules.saving import load_checkpoint_components, weights_only_checkpoint
 
-from checkpoints import load_checkpoint
+from checkpoints import CHECKPOINTS, read_checkpoint
 from config import saved_config
 from loop import EVAL_SEED_OFFSET, evaluate_policy, return_std
 from utils import make_critic, make_eval_env, make_logger, make_loss_module, task_name
@@ -53,21 +57,28 @@ def parse(argv: list[str]) -> tuple[dict, dict]:
             f"seed=N and {', '.join(f'{f}=...' for f in EVAL_FIELDS)}."
         )
     if not given.get("checkpoint"):
-        raise SystemExit("evaluate.py: give the checkpoint to evaluate: checkpoint=outputs/<run>/checkpoint.pt")
+        raise SystemExit("evaluate.py: give the checkpoint to evaluate: checkpoint=outputs/<run>")
     return {**OPTIONS, **given}, overrides
 
 
 def main(argv: list[str]) -> None:
     options, overrides = parse(argv)
-    path = Path(options["checkpoint"])
-    saved = load_checkpoint(path, torch.device("cpu"))  # verified against its checksum
+    saved = read_checkpoint(options["checkpoint"], components=("config", "trainer_state", "actor_record"))
+    path = saved["path"]
     cfg = saved_config(saved)
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value)
-    out = Path(options["output"] or path.parent / "evaluation")
+    run_folder = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+    out = Path(options["output"] or run_folder / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
 
-    actor = load_actor(path)
+    if "actor_record" not in saved:
+        raise SystemExit(
+            f"evaluate.py: {path} holds no diffusion actor (a {saved['config'].get('algorithm')} checkpoint of "
+            "benchmarks/learning/baselines.py); evaluate.py evaluates the QSM script's checkpoints."
+        )
+    actor = build_actor(saved["actor_record"])  # built from its record, then its weights loaded
+    load_checkpoint_components(weights_only_checkpoint(actor=actor), path, ["actor"])
     env = make_eval_env(cfg, make_logger(cfg, out, "eval") if cfg.eval.video else None)
     seed = options["seed"] if options["seed"] is not None else cfg.env.seed + EVAL_SEED_OFFSET
     mode = ExplorationType.DETERMINISTIC if cfg.eval.mode == "deterministic" else ExplorationType.RANDOM
@@ -109,7 +120,7 @@ def best_of_n_policy(cfg, saved: dict, actor, env, mode: ExplorationType) -> Bes
             f"checkpoint (this one is {saved['config'].get('algorithm')}) and eval.mode=stochastic."
         )
     loss, _ = make_loss_module(cfg, actor, make_critic(cfg, env, torch.device("cpu")))
-    loss.load_state_dict(saved["state"]["loss"])
+    load_checkpoint_components(weights_only_checkpoint(loss=loss), saved["path"], ["loss"])
     return BestOfNActor(actor, loss.state_action_value, cfg.eval.best_of_n)
 
 

@@ -28,12 +28,26 @@ import tqdm
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict, TensorDictBase
 from torchrl._utils import timeit
+from torchrl.checkpoint import Checkpoint, GlobalRNGState
+from torchrl.checkpoint import CheckpointError as TorchRLCheckpointError
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_qsm import actor_record, edge_fraction
+from torchrl_qsm import actor_record, DiffusionActor, edge_fraction
+from torchrl_qsm.modules.saving import load_checkpoint_components, weights_only_checkpoint
 
-from checkpoints import CHECKPOINT, FORMAT, load_checkpoint, rng_state, RunFolder, save_checkpoint, set_rng_state
+from checkpoints import (
+    CheckpointError,
+    CHECKPOINTS,
+    find_checkpoint,
+    FORMAT,
+    load_replay_buffer_state,
+    read_checkpoint,
+    replay_buffer_state,
+    RunFolder,
+    save_checkpoint,
+    StateOf,
+)
 from config import compare_for_resume
 from utils import describe_collection, make_collector, make_replay_buffer, stream_seed, task_name
 
@@ -324,28 +338,45 @@ class Training:
         self.next_eval, self.next_checkpoint, self.last_eval = cfg.eval.interval, cfg.checkpoint.interval, -1
         self.results = Results(self.folder)
         self.saved_at: tuple[int, int] | None = None
+        self.last_checkpoint_path: Path | None = None
         self.last_train, self.last_eval_return = float("nan"), float("nan")
+        # what a checkpoint holds (torchrl.checkpoint): state dicts, the RNG, and JSON (counters, config, actor record)
+        self.trainer_state: dict = {}
+        stateful = {name: StateOf(obj, load=self._loader(obj)) for name, obj in self.state.items()}
+        buffer = self.replay_buffer
+        stateful["replay_buffer"] = StateOf(
+            buffer, save=lambda: replay_buffer_state(buffer), load=lambda state: load_replay_buffer_state(buffer, state)
+        )
+        self.restored = [*self.state, "replay_buffer", "rng"]  # what resume loads into this run
+        if isinstance(policy, DiffusionActor):  # its weights and record: what load_actor and evaluate.py read
+            stateful.update(actor=policy, actor_record=actor_record(policy))
+        self.checkpointer = weights_only_checkpoint(
+            **stateful, rng=GlobalRNGState(), trainer_state=self.trainer_state, config=self.config
+        )
+
+    @staticmethod
+    def _loader(stateful):
+        return lambda state: load_keeping_hyperparameters(stateful, state)
 
     # --- resume ----------------------------------------------------------------------------------
     def resume(self) -> None:
-        path = self.cfg.checkpoint.resume
-        saved = load_checkpoint(path, self.device)
+        path = find_checkpoint(self.cfg.checkpoint.resume)
+        saved = read_checkpoint(path, components=("config", "trainer_state"))  # compared before anything is loaded
         changed = compare_for_resume(saved["config"], self.config)
-        for component, stateful in self.state.items():
-            load_keeping_hyperparameters(stateful, saved["state"][component])
-        has_buffer = "replay_buffer" in saved
-        if has_buffer:
-            self.replay_buffer.load_state_dict(saved["replay_buffer"])
+        has_buffer = "replay_buffer" in Checkpoint.manifest(path)["components"]
+        components = [name for name in self.restored if has_buffer or name != "replay_buffer"]
+        try:
+            load_checkpoint_components(self.checkpointer, path, components, map_location=self.device)
+        except (TorchRLCheckpointError, OSError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{path} cannot be resumed: {err}") from err
         self.frames, self.updates, self.credit = saved["frames"], saved["updates"], saved["update_credit"]
         self.next_eval, self.next_checkpoint, self.last_eval = (
             saved["schedule"][k] for k in ("next_eval", "next_checkpoint", "last_eval")
         )
         self.wall_offset = saved["wall_time"]
         self.results = Results(self.folder, saved["results"])
-        set_rng_state(saved["rng"])
-        self.saved_at = (
-            (self.frames, self.updates) if Path(path).resolve() == (self.folder / CHECKPOINT).resolve() else None
-        )
+        if path.parent.resolve() == (self.folder / CHECKPOINTS).resolve():
+            self.saved_at, self.last_checkpoint_path = (self.frames, self.updates), path
         lines = [f"Resumed from {path} at frame {self.frames} ({self.updates} updates)."]
         restored = "networks, target networks, optimizers, learning-rate schedule, RNG states, counters, results"
         lines.append(
@@ -375,25 +406,21 @@ class Training:
         return round(self.wall_offset + time.perf_counter() - self.start, 3)
 
     def checkpoint(self) -> Path:
-        path = self.folder / CHECKPOINT
         if self.saved_at == (self.frames, self.updates):
-            return path
+            return self.last_checkpoint_path
         previous, self.stop.phase = self.stop.phase, "checkpoint writing"
-        saved = {"format": FORMAT, "config": self.config, "state": {k: v.state_dict() for k, v in self.state.items()}}
-        saved["actor"] = actor_record(self.policy)  # what torchrl_qsm.load_actor and evaluate.py read
-        if not state_is_finite(saved["state"]):
+        if not state_is_finite({k: v.state_dict() for k, v in self.state.items()}):
             raise NonFiniteData(
                 f"At frame {self.frames} the weights or optimizer states are not finite; no checkpoint was written "
                 f"(the last one: {self.stop.last_checkpoint})."
             )
-        if self.cfg.checkpoint.save_replay_buffer:
-            saved["replay_buffer"] = self.replay_buffer.state_dict()
-        saved.update(
+        self.trainer_state.clear()
+        self.trainer_state.update(
+            format=FORMAT,
             frames=self.frames,
             updates=self.updates,
             update_credit=self.credit,
             results=self.results.rows,
-            rng=rng_state(),
             wall_time=self.wall_time(),
             schedule={
                 "next_eval": self.next_eval,
@@ -401,9 +428,12 @@ class Training:
                 "last_eval": self.last_eval,
             },
         )
+        skipped = set() if self.cfg.checkpoint.save_replay_buffer else {"replay_buffer"}
         with timeit("checkpoint"):
-            save_checkpoint(path, saved)
-        self.saved_at = (self.frames, self.updates)
+            path = save_checkpoint(
+                self.folder, self.checkpointer, self.frames, set(self.checkpointer.components) - skipped
+            )
+        self.saved_at, self.last_checkpoint_path = (self.frames, self.updates), path
         self.stop.last_checkpoint = f"frame {self.frames}, {path}"
         self.stop.phase = previous
         return path

@@ -2,11 +2,11 @@
 
     python sota-implementations/qsm/qsm.py env=quickstart                 # walker-stand, ~13 min on a 2-core CPU
     python sota-implementations/qsm/qsm.py env.domain=walker env.task=run
-    python sota-implementations/qsm/qsm.py checkpoint.resume=outputs/.../checkpoint.pt
+    python sota-implementations/qsm/qsm.py checkpoint.resume=outputs/<run>   # its newest checkpoint
 
 Each run writes to its results folder (printed at start): the resolved ``config.yaml``,
-``returns.csv`` (train and eval returns by frame), ``learning_curve.png``, ``checkpoint.pt`` (with
-its checksum) and the logger's files. The factories live in utils.py, the loop in loop.py.
+``returns.csv`` (train and eval returns by frame), ``learning_curve.png``, ``checkpoints/`` (the newest
+two ``torchrl.checkpoint`` folders) and the logger's files. The factories live in utils.py, the loop in loop.py.
 """
 
 from __future__ import annotations

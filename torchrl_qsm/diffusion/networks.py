@@ -177,6 +177,15 @@ class EpsilonNetwork(nn.Module):
         self.action_dim = action_dim
         self.obs_dim = obs_dim
         self.num_steps = check_num_steps(num_steps)
+        # with the sizes, what rebuilds it (torchrl_qsm.actor_record writes them into a saved actor's record)
+        self.options = {
+            "hidden_sizes": tuple(hidden_sizes),
+            "activation": activation,
+            "layer_norm": layer_norm,
+            "time_embedding": time_embedding,
+            "time_dim": time_dim,
+            "cond_sizes": tuple(cond_sizes),
+        }
         self.time_embedding = make_time_embedding(time_embedding, time_dim)
         cond_dim = cond_sizes[-1]
         self.cond_mlp = mlp(time_dim, cond_dim, cond_sizes[:-1], activation)

@@ -103,6 +103,7 @@ class NoiseSchedule(nn.Module):
             raise ValueError(f"The {kind!r} schedule takes no option {unknown}; it takes {list(accepted)[1:]}.")
         self.num_steps = num_steps
         self.kind = kind
+        self.options = dict(options)  # with kind and num_steps, what rebuilds it (torchrl_qsm.actor_record)
         betas = _BETAS[kind](num_steps, **options)
         if not (torch.isfinite(betas).all() and (betas > 0).all() and (betas < 1).all()):
             raise ValueError(f"The {kind!r} schedule with {options} gives betas outside (0, 1): {betas.tolist()}.")
