@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from update_speed import make_batch, script_config, time_updates
 
-from torchrl_qsm.diffusion.posterior import posterior_candidates, weighted_noise
 from torchrl_qsm.diffusion.schedules import NoiseSchedule
+from torchrl_qsm.objectives.posterior import posterior_candidates, weighted_noise
 
 from _helpers import exact_posterior_noise  # noqa: E402 (tests/, on the path through update_speed)
 from qsm import make_learner

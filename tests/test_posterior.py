@@ -1,4 +1,4 @@
-"""The noise-consistent target (torchrl_qsm.diffusion.posterior): Monte-Carlo posterior noise against the exact
+"""The noise-consistent target (torchrl_qsm.objectives.posterior): Monte-Carlo posterior noise against the exact
 one-dimensional posterior, computed by quadrature on a fine grid of the box."""
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from torchrl_qsm.diffusion.posterior import posterior_candidates, posterior_spread, truncated_normal, weighted_noise
 from torchrl_qsm.diffusion.schedules import NoiseSchedule
+from torchrl_qsm.objectives.posterior import posterior_candidates, posterior_spread, truncated_normal, weighted_noise
 
 from _helpers import exact_posterior_noise
 

@@ -24,7 +24,7 @@ from torchrl.objectives.utils import (
 
 from torchrl_qsm.contract import bounded_action_spec, diffusion_policy, DiffusionPolicyModule
 from torchrl_qsm.diagnostics import edge_fraction
-from torchrl_qsm.diffusion.posterior import posterior_candidates, posterior_spread, weighted_noise
+from torchrl_qsm.objectives.posterior import posterior_candidates, posterior_spread, weighted_noise
 
 ScoreTarget = Literal["gradient", "q_weighted", "scaled_gradient"]
 GradAt = Literal["noised", "clean"]
@@ -58,7 +58,7 @@ class QSMLoss(LossModule):
     policy (large ``alpha`` times the critic's curvature) the 5-step sampler oscillates and its clipping
     leaves the samples on the box edges (README, "The sampler's edge collapse"). ``score_target="q_weighted"``
     regresses instead on the noise a perfect eps-network predicts for ``pi ~ exp(alpha Q)`` on the action box,
-    the posterior mean ``E[xi | a_t]`` (:mod:`torchrl_qsm.diffusion.posterior`)::
+    the posterior mean ``E[xi | a_t]`` (:mod:`torchrl_qsm.objectives.posterior`)::
 
         xi_k ~ N(0, I) restricted so that a0_k = (a_t - sigma_t xi_k) / sqrt(alpha_bar_t) is in the box, k = 1..K
         w_k  = softmax_k(alpha R_i Q_i(s, a0_k))        (R: mean, min or first of the online critics, detached)
