@@ -13,8 +13,7 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate, ValueEstimators
 
-from torchrl_qsm import CurvatureAlpha, QSMLoss
-from torchrl_qsm.objectives.qsm import NonFiniteError
+from torchrl_qsm import CurvatureAlpha, NonFiniteError, QSMLoss
 
 from _helpers import (
     ACTION_DIM,

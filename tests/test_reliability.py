@@ -19,6 +19,8 @@ import pytest
 import torch
 from torchrl.envs import Transform
 
+from torchrl_qsm import NonFiniteError
+
 from _helpers import (
     assert_results,
     copy_run,
@@ -223,7 +225,7 @@ def test_a_nan_reward_stops_the_run_naming_the_key_and_the_frame_and_keeps_the_l
 
     monkeypatch.setattr(utils, "make_env", make_env)
     with pytest.raises(
-        loop.NonFiniteData, match=r"non-finite \('next', 'reward'\) \(\[nan\]\) at frame 130; it was not stored"
+        NonFiniteError, match=r"non-finite \('next', 'reward'\) \(\[nan\]\) at frame 130; it was not stored"
     ):
         train_in_process(cfg, tmp_path)
     saved = read_checkpoint(tmp_path)
@@ -244,12 +246,12 @@ def test_the_loop_refuses_to_checkpoint_non_finite_weights(tmp_path):
     loop = script_module("loop")
     bad = {"loss": {"weight": torch.tensor([1.0, float("nan")])}, "optim": {"state": {0: {"exp_avg": torch.ones(2)}}}}
     assert not loop.state_is_finite(bad) and loop.state_is_finite({"x": torch.ones(2), "n": 3})
-    with pytest.raises(loop.NonFiniteData, match=r"Update 3 gave non-finite losses \{'loss_actor': nan"):
+    with pytest.raises(NonFiniteError, match=r"Update 3 gave non-finite losses \{'loss_actor': nan"):
         loop.check_finite_losses([TensorDictOf(1.0), TensorDictOf(2.0), TensorDictOf(float("nan"))], first_update=0)
     # TD3 writes loss_actor every second update only: a key absent from the first update is checked too
     critic_only = TensorDictOf(1.0).exclude("loss_actor")
     with pytest.raises(
-        loop.NonFiniteData, match=r"Update 12 gave non-finite losses \{'loss_qvalue': 1.0, 'loss_actor': inf"
+        NonFiniteError, match=r"Update 12 gave non-finite losses \{'loss_qvalue': 1.0, 'loss_actor': inf"
     ):
         loop.check_finite_losses([critic_only, TensorDictOf(float("inf"))], first_update=10)
 

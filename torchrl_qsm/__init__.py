@@ -1,7 +1,7 @@
 """Q-score matching (QSM) for TorchRL: a diffusion-model policy trained by matching grad_a Q."""
 
 from torchrl_qsm.contract import DiffusionPolicyModule
-from torchrl_qsm.diagnostics import edge_fraction
+from torchrl_qsm.diagnostics import edge_fraction, NonFiniteError
 from torchrl_qsm.diffusion import (
     ddpm_sample,
     EpsilonNetwork,
@@ -38,6 +38,7 @@ __all__ = [
     "EpsilonNetwork",
     "FourierFeatures",
     "Mish",
+    "NonFiniteError",
     "NoiseSchedule",
     "QSMLoss",
     "SinusoidalFeatures",

@@ -33,7 +33,8 @@ from torchrl.checkpoint import CheckpointError as TorchRLCheckpointError
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-from torchrl_qsm import actor_record, DiffusionActor, edge_fraction
+from torchrl_qsm import actor_record, DiffusionActor, edge_fraction, NonFiniteError
+from torchrl_qsm.diagnostics import first_non_finite
 from torchrl_qsm.modules.saving import load_checkpoint_components, weights_only_checkpoint
 
 from checkpoints import (
@@ -161,17 +162,14 @@ class StopSignals:
         )
 
 
-class NonFiniteData(ValueError):
-    """A NaN or infinite value in collected data or in a loss."""
-
-
 def check_finite_batch(batch: TensorDictBase, first_frame: int) -> None:
-    """Raises NonFiniteData naming the key and the frame of the first non-finite value of a collected batch."""
+    """Raises NonFiniteError naming the key and the frame of the first non-finite value of a collected batch."""
     flat = batch.reshape(-1)
     for key, value in flat.items(True, True):
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            row = int((~torch.isfinite(value.reshape(len(flat), -1))).any(-1).nonzero()[0])
-            raise NonFiniteData(
+        index = first_non_finite(value)
+        if index is not None:
+            row = index[0]
+            raise NonFiniteError(
                 f"The collected data holds a non-finite {key!r} ({value[row].flatten().tolist()}) at frame "
                 f"{first_frame + row + 1}; it was not stored. The environment (or its transforms) produced it: "
                 "check the task's observations and rewards."
@@ -184,11 +182,12 @@ def check_finite_losses(metrics: list[TensorDictBase], first_update: int) -> Non
         return
     keys = list(dict.fromkeys(key for m in metrics for key in m.keys() if key.startswith("loss_")))  # TD3: every 2nd
     losses = torch.stack([torch.stack([m[key] for key in keys if key in m.keys()]).float().sum() for m in metrics])
-    if torch.isfinite(losses).all():
+    found = first_non_finite(losses)
+    if found is None:
         return
-    index = int((~torch.isfinite(losses)).nonzero()[0])
+    index = found[0]
     values = {key: metrics[index][key].item() for key in keys if key in metrics[index].keys()}
-    raise NonFiniteData(
+    raise NonFiniteError(
         f"Update {first_update + index + 1} gave non-finite losses {values}: the weights may be non-finite from "
         "then on. No checkpoint was written; lower optim.lr, or look for extreme rewards."
     )
@@ -410,7 +409,7 @@ class Training:
             return self.last_checkpoint_path
         previous, self.stop.phase = self.stop.phase, "checkpoint writing"
         if not state_is_finite({k: v.state_dict() for k, v in self.state.items()}):
-            raise NonFiniteData(
+            raise NonFiniteError(
                 f"At frame {self.frames} the weights or optimizer states are not finite; no checkpoint was written "
                 f"(the last one: {self.stop.last_checkpoint})."
             )

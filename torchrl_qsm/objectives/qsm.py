@@ -23,7 +23,7 @@ from torchrl.objectives.utils import (
 )
 
 from torchrl_qsm.contract import bounded_action_spec, diffusion_policy, DiffusionPolicyModule
-from torchrl_qsm.diagnostics import edge_fraction
+from torchrl_qsm.diagnostics import edge_fraction, first_non_finite, NonFiniteError
 from torchrl_qsm.objectives.posterior import posterior_candidates, posterior_spread, weighted_noise
 
 ScoreTarget = Literal["gradient", "q_weighted", "scaled_gradient"]
@@ -781,10 +781,6 @@ class _MissingKeyError(KeyError):
         return str(self.args[0])
 
 
-class NonFiniteError(ValueError):
-    """A NaN or infinite value where QSMLoss needs finite numbers (see ``QSMLoss(check_finite=...)``)."""
-
-
 class _swapped_in:
     """``params.to_module(module)`` as a context that lets every exception through unchanged.
 
@@ -805,9 +801,9 @@ class _swapped_in:
 
 
 def _raise_if_non_finite(value: torch.Tensor, what: str) -> None:
-    if not value.is_floating_point() or torch.isfinite(value).all():
+    index = first_non_finite(value)
+    if index is None:
         return
-    index = tuple((~torch.isfinite(value)).nonzero()[0].tolist())
     raise NonFiniteError(
         f"{what} holds {value[index].item()} at index {list(index)} (shape {tuple(value.shape)}): a NaN or infinite "
         "value in the data would make every weight it reaches non-finite after one optimizer step. Find where it "
