@@ -3,7 +3,7 @@
     python benchmarks/fast_paths.py                                   # widths 512, 2 threads
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/fast_paths.py --threads 1
 
-Every candidate is the training script's update (``make_learner`` at the authors' widths, batch 256,
+Every candidate is the training script's update (``script_learner.make_learner`` at the authors' widths, batch 256,
 cheetah-run shapes) with the fp32 matmul path that ``optim.fp32_matmuls=auto`` chooses, and with one
 fast path turned off:
 
@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 for folder in (ROOT / "sota-implementations" / "qsm", ROOT / "benchmarks"):
     sys.path.insert(0, str(folder))
 
+from script_learner import make_learner
 from update_speed import make_batch, reference_update, script_config
 
 from torchrl_qsm import EpsilonNetwork, Mish
@@ -97,7 +98,7 @@ def learner(name: str, width: int, compiled: bool, env, device) -> dict:
     make_update = qsm.make_update
     qsm.make_update = lambda *args, **kwargs: own_code(make_update(*args, **kwargs))
     try:
-        built = qsm.make_learner(cfg, env, device)
+        built = make_learner(cfg, env, device)
     finally:
         qsm.make_update = make_update
     actor = built["state"]["loss"].actor_network

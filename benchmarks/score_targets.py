@@ -4,7 +4,7 @@
     python benchmarks/score_targets.py --device cuda            # the same on a GPU
     python benchmarks/score_targets.py --widths 256 --no-compile
 
-Every candidate is the training script's whole update (``make_learner`` of sota-implementations/qsm/qsm.py:
+Every candidate is the training script's whole update (benchmarks/script_learner.py, on qsm.py's ``make_update``:
 both losses, gradients, Adam steps, target update; ``compile.compile=true`` for the compiled ones), on the
 same batches (DMC cheetah-run shapes: 17-dim observations, 6-dim actions, batch 256), timed round-robin; the
 ratios are taken within each round, against the paper's target (``diffusion=faithful``), and their median
@@ -27,13 +27,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from script_learner import make_learner
 from update_speed import make_batch, script_config, time_updates
 
 from torchrl_qsm.diffusion.schedules import NoiseSchedule
 from torchrl_qsm.objectives.posterior import posterior_candidates, weighted_noise
 
 from _helpers import exact_posterior_noise  # noqa: E402 (tests/, on the path through update_speed)
-from qsm import make_learner
 from utils import make_env
 
 

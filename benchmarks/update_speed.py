@@ -10,7 +10,7 @@ round-robin: each round runs every candidate for ``--iters`` updates; the table 
 rounds and the spread (min-max). Candidates:
 
 - ``qsm``: torchrl_qsm's QSMLoss + DiffusionActor, as the training script builds them
-  (``make_learner`` of sota-implementations/qsm/qsm.py with its defaults: T = 5, vp schedule, mish
+  (benchmarks/script_learner.py: qsm.py's update with its defaults: T = 5, vp schedule, mish
   eps-network, ReLU critics, fused Adam);
 - ``qsm-auto``: the same with ``diffusion=auto`` (``QSMLoss(alpha="auto")``: one more action gradient
   through the critics, on 64 transitions of the batch, to measure their curvature);
@@ -23,11 +23,7 @@ rounds and the spread (min-max). Candidates:
   (benchmarks/learning/baselines.py);
 - ``*-compiled``: the same updates under ``torch.compile`` as the training script compiles them
   (QSM: ``compile.compile=true``, its update as one graph, update.py; SAC and TD3 through
-  utils.compile_update: mode "default" on CPU, "reduce-overhead" on CUDA, the backward recomputing
-  pointwise results such as ReLU masks on CPU; ``--no-recompute-pointwise``: the partitioner's default,
-  masks saved from the forward, as ``compile.recompute_pointwise=false``). The choice is taken when an update
-  first compiles, and updates built by the same factory share their compiled code within a process,
-  so the two settings are compared across runs (by their roofline fractions, each measured in-run).
+  utils.compile_update: mode "default" on CPU, "reduce-overhead" on CUDA).
 
 It also prints the FLOPs of one update (matmuls, from torch.utils.flop_counter's formulas) divided by its
 time, against the same matmuls replayed alone (the roofline fraction), and the acting latency of each
@@ -52,12 +48,12 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT_DIR = ROOT / "sota-implementations" / "qsm"
-for folder in (SCRIPT_DIR, ROOT / "benchmarks" / "learning", ROOT / "tests"):
+for folder in (SCRIPT_DIR, ROOT / "benchmarks", ROOT / "benchmarks" / "learning", ROOT / "tests"):
     sys.path.insert(0, str(folder))
 from hydra import compose, initialize_config_dir
+from script_learner import make_learner
 
 from baselines import sac, td3
-from qsm import make_learner
 from reference_qsm import ReferenceQSM
 from utils import compile_update, make_env
 
@@ -105,10 +101,10 @@ def reference_update(width: int, device, env) -> Callable[[TensorDict], TensorDi
     return update
 
 
-def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict:
+def candidates(width: int, device, compiled: list[str]) -> dict:
     """``name: (update, actor)``; every agent as the training script (or the learning grid) builds it."""
     env = make_env("cheetah", "run")  # 17-dim observations, 6-dim actions
-    cfg = script_config(width, device, f"compile.recompute_pointwise={recompute}")
+    cfg = script_config(width, device)
     qsm = make_learner(cfg, env, device)
     unchecked = make_learner(cfg, env, device)
     unchecked["state"]["loss"].check_finite = False
@@ -116,7 +112,7 @@ def candidates(width: int, device, compiled: list[str], recompute: bool) -> dict
     variants = {"qsm": (), "qsm-auto": ("diffusion=auto",), "qsm-bf16": ("optim.bf16_matmuls=true",)}
 
     def qsm_learner(name: str, *overrides: str):
-        overrides = (*variants[name], f"compile.recompute_pointwise={recompute}", *overrides)
+        overrides = (*variants[name], *overrides)
         return make_learner(script_config(width, device, *overrides), env, device)
 
     out = {
@@ -244,11 +240,6 @@ def main() -> None:
         metavar="NAME",
         help="candidates to also time under torch.compile (none: --compile with no name)",
     )
-    parser.add_argument(
-        "--no-recompute-pointwise",
-        action="store_true",
-        help="compile with the partitioner's default (compile.recompute_pointwise=false)",
-    )
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -257,15 +248,14 @@ def main() -> None:
     torch._dynamo.config.recompile_limit = 64
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, batch {args.batch}, "
-        f"rounds {args.rounds} x {args.iters} updates, "
-        f"compiled with recompute_pointwise={not args.no_recompute_pointwise}"
+        f"rounds {args.rounds} x {args.iters} updates"
     )
     if device.type == "cuda":
         print(torch.cuda.get_device_name())
 
     for width in args.widths:
         print(f"\n=== widths {width}x{width} ===")
-        cands = candidates(width, device, args.compile, not args.no_recompute_pointwise)
+        cands = candidates(width, device, args.compile)
         batches = [make_batch(args.batch, device) for _ in range(args.iters)]
         for name, (fn, _) in cands.items():  # warm-up (and compile)
             t0 = time.perf_counter()

@@ -143,10 +143,10 @@ def child(args: argparse.Namespace) -> None:
 def compare(args: argparse.Namespace, width: int, device, learner_class) -> None:
     import numpy as np
     import torch
+    from script_learner import make_learner
     from update_speed import make_batch, record_matmuls, script_config
 
     from baselines import sac
-    from qsm import make_learner
     from utils import compile_update, make_env, set_matmul_kernels
 
     print(f"\n=== widths {width}x{width}, batch {args.batch} ===")

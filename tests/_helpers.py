@@ -88,7 +88,7 @@ def read_checkpoint(path: Path, components=None) -> dict:
 
 
 def script_module(name: str) -> ModuleType:
-    """A module of the training script's folder (``utils``, ``config``, ``loop``), imported without leaving the
+    """A module of the training script's folder (``utils``, ``config``, ``qsm``), imported without leaving the
     folder on ``sys.path``, where its ``utils`` would shadow any other."""
     sys.path.insert(0, str(SCRIPT_DIR))
     try:

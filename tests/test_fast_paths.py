@@ -12,7 +12,7 @@ from torchrl_qsm import QSMLoss
 from _helpers import make_actor, make_batch, make_critic, script_module
 
 compile_update = script_module("utils").compile_update
-COMPILE_CFG = OmegaConf.create({"compile": {"mode": None, "recompute_pointwise": None}})
+COMPILE_CFG = OmegaConf.create({"compile": {"mode": None}})
 
 
 def make_loss(**kwargs):
@@ -74,7 +74,8 @@ def test_fused_adam_takes_the_same_steps_as_the_loop_adam():
 class Learner:
     """A small loss with the script's two Adams and the actor's learning-rate decay (``utils.make_optimizers``:
     over 4 updates here, so the actor's rate changes at every step and parts from the critics'), and
-    ``update``: the one-graph update (update.py), or with ``plain=True`` the TorchRL loop's backward(),
+    ``update``: the script's update (qsm.py's ``make_update``, one graph under compile), or with ``plain=True``
+    the TorchRL loop's backward(),
     Optimizer.step() and soft update."""
 
     def __init__(self, fused: bool = True, plain: bool = False) -> None:
@@ -82,12 +83,15 @@ class Learner:
         self.loss = QSMLoss(make_actor(hidden_sizes=(64, 64)), make_critic())
         self.loss.make_value_estimator(gamma=0.99)
         self.target_updater = SoftUpdate(self.loss, tau=0.005)
-        cfg = OmegaConf.create({"optim": {"lr": 1e-3, "fused_adam": fused, "actor_lr_decay_updates": 4}})
+        optim = {"lr": 1e-3, "fused_adam": fused, "actor_lr_decay_updates": 4, "bf16_matmuls": False}
+        cfg = OmegaConf.create({"optim": optim})
         *self.optimizers, self.schedule = script_module("utils").make_optimizers(cfg, self.loss)
         self.update = (
             self.plain_update
             if plain
-            else script_module("update").make_update(self.loss, self.optimizers, self.target_updater)
+            else script_module("qsm").make_update(
+                cfg, torch.device("cpu"), self.loss, self.optimizers, self.target_updater, None
+            )
         )
 
     def plain_update(self, batch):

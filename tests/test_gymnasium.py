@@ -52,7 +52,7 @@ def test_an_episode_that_ends_early_counts_up_to_its_end_only():
     )
     box = Bounded(-torch.ones(1), torch.ones(1), (1,))
     env = SimpleNamespace(action_spec_unbatched=box, rollout=lambda *args, **kwargs: rollout)
-    returns, edges = script_module("loop").evaluate_policy(env, None, 4, ExplorationType.RANDOM)
+    returns, edges = script_module("utils").evaluate_policy(env, None, 4, ExplorationType.RANDOM)
     assert returns.tolist() == [3.0, 4.0]
     assert edges == pytest.approx(2 / 6)  # the first episode's 2 actions and the second's 4: 1.0 and -1.0 on edges
 

@@ -20,6 +20,7 @@ import torch
 from torchrl.envs import Transform
 
 from torchrl_qsm import NonFiniteError
+from torchrl_qsm.run import remove_stale_partials
 
 from _helpers import (
     assert_results,
@@ -214,7 +215,7 @@ def test_ctrl_c_stops_a_run_with_collector_processes_cleanly(tmp_path):
 def test_a_nan_reward_stops_the_run_naming_the_key_and_the_frame_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch
 ):
-    loop, utils = script_module("loop"), script_module("utils")
+    utils = script_module("utils")
     cfg = compose([*TINY, "checkpoint.interval=50"])
     real_make_env = utils.make_env
 
@@ -227,33 +228,33 @@ def test_a_nan_reward_stops_the_run_naming_the_key_and_the_frame_and_keeps_the_l
     with pytest.raises(
         NonFiniteError, match=r"non-finite \('next', 'reward'\) \(\[nan\]\) at frame 130; it was not stored"
     ):
-        train_in_process(cfg, tmp_path)
+        script_module("qsm").train(cfg, tmp_path)  # the script's run, in this process
     saved = read_checkpoint(tmp_path)
     assert saved["frames"] == 100  # the last checkpoint before the NaN, untouched
-    assert loop.state_is_finite(saved["state"])
+    assert script_module("checkpoints").state_is_finite(saved["state"])
 
 
 def test_diverging_losses_stop_the_run_before_a_non_finite_checkpoint_is_written(tmp_path):
     done = run_script(tmp_path, "optim.lr=1e30", "checkpoint.interval=50", check=False)
     assert done.returncode == 1
     assert re.search(r"NonFiniteError: QSMLoss: loss_\w+ is (nan|inf)", done.stderr), done.stderr[-3000:]
-    assert re.search(r"Stopped by an error at frame \d+ \(\d+ updates\); no checkpoint written", done.stdout)
+    assert "Stopped by an error during updates; no checkpoint written (the last one: frame 50" in done.stdout
     saved = read_checkpoint(tmp_path)  # the checkpoint of frame 50, before updates
-    assert saved["frames"] == 50 and script_module("loop").state_is_finite(saved["state"])
+    assert saved["frames"] == 50 and script_module("checkpoints").state_is_finite(saved["state"])
 
 
 def test_the_loop_refuses_to_checkpoint_non_finite_weights(tmp_path):
-    loop = script_module("loop")
+    checkpoints, utils = script_module("checkpoints"), script_module("utils")
     bad = {"loss": {"weight": torch.tensor([1.0, float("nan")])}, "optim": {"state": {0: {"exp_avg": torch.ones(2)}}}}
-    assert not loop.state_is_finite(bad) and loop.state_is_finite({"x": torch.ones(2), "n": 3})
+    assert not checkpoints.state_is_finite(bad) and checkpoints.state_is_finite({"x": torch.ones(2), "n": 3})
     with pytest.raises(NonFiniteError, match=r"Update 3 gave non-finite losses \{'loss_actor': nan"):
-        loop.check_finite_losses([TensorDictOf(1.0), TensorDictOf(2.0), TensorDictOf(float("nan"))], first_update=0)
-    # TD3 writes loss_actor every second update only: a key absent from the first update is checked too
+        utils.check_finite_losses([TensorDictOf(1.0), TensorDictOf(2.0), TensorDictOf(float("nan"))], first_update=0)
+    # an update may output fewer loss_* terms than another (TD3's actor every second update): each is checked
     critic_only = TensorDictOf(1.0).exclude("loss_actor")
     with pytest.raises(
-        NonFiniteError, match=r"Update 12 gave non-finite losses \{'loss_qvalue': 1.0, 'loss_actor': inf"
+        NonFiniteError, match=r"Update 12 gave non-finite losses \{'loss_actor': inf, 'loss_qvalue': 1.0\}"
     ):
-        loop.check_finite_losses([critic_only, TensorDictOf(float("inf"))], first_update=10)
+        utils.check_finite_losses([critic_only, TensorDictOf(float("inf"))], first_update=10)
 
 
 # --- resume ----------------------------------------------------------------------------------------
@@ -425,7 +426,7 @@ def test_a_full_disk_names_the_folder_removes_the_partial_files_and_keeps_the_pr
 ):
     checkpoints = script_module("checkpoints")
     state, checkpoint = small_checkpoint(checkpoints, frames=1)
-    checkpoints.save_checkpoint(tmp_path, checkpoint, 1, ["trainer_state", "weights"])
+    checkpoints.write_checkpoint(tmp_path, checkpoint, 1, ["trainer_state", "weights"])
     real_save = torch.save
 
     def full_disk(obj, path, *args, **kwargs):  # half written, then the disk is full
@@ -437,7 +438,7 @@ def test_a_full_disk_names_the_folder_removes_the_partial_files_and_keeps_the_pr
     with pytest.raises(
         OSError, match=rf"No space left on device while writing a checkpoint into {re.escape(str(tmp_path))}"
     ):
-        checkpoints.save_checkpoint(tmp_path, checkpoint, 2, ["trainer_state", "weights"])
+        checkpoints.write_checkpoint(tmp_path, checkpoint, 2, ["trainer_state", "weights"])
     monkeypatch.setattr(torch, "save", real_save)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["checkpoint-000000000001"]  # nothing staged left
     assert read_checkpoint(tmp_path)["frames"] == 1
@@ -475,7 +476,7 @@ for save, frames in enumerate((1, 2, 2) if point == "replacing the same frame co
         else:
             torchrl_checkpoint.os.replace = replace_killed_at_the_second
     state["frames"] = frames
-    checkpoints.save_checkpoint(folder, checkpoint, frames, ["trainer_state", "weights"])
+    checkpoints.write_checkpoint(folder, checkpoint, frames, ["trainer_state", "weights"])
 """
 
 
@@ -489,12 +490,11 @@ for save, frames in enumerate((1, 2, 2) if point == "replacing the same frame co
     ],
 )
 def test_a_write_killed_at_any_step_leaves_a_whole_checkpoint_to_resume(tmp_path, point, newest, after_cleanup):
-    checkpoints = script_module("checkpoints")
     code = KILLED.format(script_dir=str(SCRIPT_DIR), folder=str(tmp_path), point=point)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 137, done.stderr[-3000:]
     assert read_checkpoint(tmp_path)["frames"] == newest  # the newest whole checkpoint; partial files are hidden
-    removed = checkpoints.remove_stale_partials(tmp_path)  # what the next start does (puts a lone backup back)
+    removed = remove_stale_partials(tmp_path, tmp_path / "checkpoints")  # what RunGuard does at the next start
     newest = after_cleanup
     assert removed and all(p.name.startswith(".checkpoint-") for p in removed), removed
     assert all(p.name.startswith("checkpoint-") for p in (tmp_path / "checkpoints").iterdir())
@@ -569,24 +569,3 @@ class NaNRewardAt(Transform):
         if self.steps == self.step:
             next_tensordict["reward"] = torch.full_like(next_tensordict["reward"], float("nan"))
         return next_tensordict
-
-
-def train_in_process(cfg, folder: Path) -> None:
-    """The script's main, minus Hydra: the same factories and loop."""
-    checkpoints, utils, loop = script_module("checkpoints"), script_module("utils"), script_module("loop")
-    qsm = script_module("qsm")
-    device = torch.device("cpu")
-    eval_env = utils.make_eval_env(cfg)
-    learner = qsm.make_learner(cfg, eval_env, device)
-    from torchrl.envs.utils import ExplorationType
-
-    loop.train(
-        cfg,
-        checkpoints.RunFolder(folder, None),
-        name="QSM",
-        device=device,
-        logger=None,
-        eval_env=eval_env,
-        eval_exploration=ExplorationType.RANDOM,
-        **learner,
-    )

@@ -60,13 +60,18 @@ def test_a_pinned_fp32_matmul_path_that_rounds_is_refused(onednn_computes_in_bf1
 
 
 @pytest.mark.parametrize("algorithm", ["sac", "td3"])
-def test_torchrl_baselines_run_through_the_script_s_loop(tmp_path, algorithm):
-    # benchmarks/learning/baselines.py: the same config, loop, results folder and checkpoints
+def test_torchrl_baselines_run_on_the_script_s_factories_and_checkpoints(tmp_path, algorithm):
+    # benchmarks/learning/baselines.py: the same config, results folder and checkpoints, a loop in the same order
     done = run_script(tmp_path, script=[str(BASELINES), algorithm])
     assert_results(tmp_path, final_frame=200)
     assert f"{algorithm.upper()} on cartpole-swingup" in done.stdout
     saved = read_checkpoint(tmp_path)
     assert saved["config"]["algorithm"] == algorithm.upper() and saved["updates"] == 150
+    if algorithm == "sac":  # a run resumes its own algorithm's checkpoints only
+        other = run_script(
+            tmp_path / "td3", f"checkpoint.resume={tmp_path}", script=[str(BASELINES), "td3"], check=False
+        )
+        assert other.returncode == 1 and "a SAC checkpoint; this run is TD3" in other.stderr, other.stderr[-2000:]
 
 
 def test_the_script_folder_holds_qsm_only():

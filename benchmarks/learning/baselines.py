@@ -1,4 +1,4 @@
-"""TorchRL's SAC and TD3, trained by the QSM script's own loop, for the learning comparison.
+"""TorchRL's SAC and TD3, trained on the QSM script's factories and checkpoints, for the learning comparison.
 
     python benchmarks/learning/baselines.py sac env.domain=walker env.task=walk collector.total_frames=50000
     python benchmarks/learning/baselines.py td3 checkpoint.resume=outputs/<run>
@@ -10,11 +10,12 @@
 
 The overrides are the training script's (sota-implementations/qsm/config.yaml): the same
 environments, collector, replay buffer, widths (``network.hidden_sizes``), batch, warm-up,
-evaluation, checkpoints and results folder, through the same ``loop.train``; only the algorithm
-differs. The agents are built as TorchRL's sota scripts build them (sota-implementations/sac/utils.py,
-td3/utils.py in pytorch/rl): TorchRL's losses, actors and target updaters, their optimizer settings,
-ReLU networks, and TD3's exploration and smoothing noises. The ``diffusion`` section is QSM's and is
-not read here. Both are evaluated deterministically (SAC at its mean, TD3 without noise).
+evaluation, checkpoints and results folder, and a loop in qsm.py's order (collect, store, the updates
+owed, evaluation, checkpoint); only the algorithm differs. The agents are built as TorchRL's sota scripts
+build them (sota-implementations/sac/utils.py, td3/utils.py in pytorch/rl): TorchRL's losses, actors and
+target updaters, their optimizer settings, ReLU networks, and TD3's exploration and smoothing noises. The
+``diffusion`` section is QSM's and is not read here. Both are evaluated deterministically (SAC at its mean,
+TD3 without noise).
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ if "DISPLAY" not in os.environ and "MUJOCO_GL" not in os.environ:  # as qsm.py d
 SCRIPT_DIR = Path(__file__).resolve().parents[2] / "sota-implementations" / "qsm"
 sys.path.insert(0, str(SCRIPT_DIR))
 
+
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tensordict import TensorDict
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from torch import nn
@@ -52,11 +54,30 @@ from torchrl.modules import (
 )
 from torchrl.objectives import SACLoss, SoftUpdate, TD3Loss
 
-from checkpoints import RunFolder
-from config import resolve_device, validate_config
-from loop import train
-from utils import adam, make_eval_env, make_logger, set_matmul_kernels, task_name
+from torchrl_qsm.run import RunGuard
 
+from checkpoints import make_checkpointer, Progress, read_checkpoint, resume, save_checkpoint
+from config import resolve_device, validate_config
+from utils import (
+    adam,
+    check_finite_batch,
+    check_finite_losses,
+    EVAL_SEED_OFFSET,
+    evaluate_policy,
+    make_collector,
+    make_eval_env,
+    make_logger,
+    make_replay_buffer,
+    return_std,
+    set_matmul_kernels,
+    stream_seed,
+    task_name,
+)
+
+# an agent: ``policy`` (evaluated), ``exploration_policy``, ``learn`` (one update: a replay batch -> its metrics) and
+# ``state`` (what a checkpoint holds, by name)
+Agent = dict
+DETERMINISTIC = ExplorationType.DETERMINISTIC  # both are evaluated at their mean / without noise
 TD3_EXPLORATION_STD, TD3_POLICY_NOISE, TD3_NOISE_CLIP, TD3_POLICY_DELAY = 0.1, 0.2, 0.5, 2  # TorchRL's sota td3
 
 
@@ -71,7 +92,7 @@ def relu_critic(cfg: DictConfig, env: EnvBase, device) -> ValueOperator:
     return ValueOperator(relu_mlp(cfg, obs_dim + action_dim, 1, device), in_keys=["observation", "action"])
 
 
-def sac(cfg: DictConfig, env: EnvBase, device: torch.device, alpha_init: float = 1.0) -> dict:
+def sac(cfg: DictConfig, env: EnvBase, device: torch.device, alpha_init: float = 1.0) -> Agent:
     """TorchRL's SAC sota agent: TanhNormal actor, twin critics, learned entropy coefficient from ``alpha_init``."""
     spec = env.action_spec_unbatched.to(device)
     obs_dim, action_dim = env.observation_spec_unbatched["observation"].shape[-1], spec.shape[-1]
@@ -113,12 +134,8 @@ def sac(cfg: DictConfig, env: EnvBase, device: torch.device, alpha_init: float =
         updater.step()
         return out.detach()
 
-    return dict(
-        policy=actor,
-        exploration_policy=actor,
-        learn=learn,
-        state={"loss": loss, **optimizers, "target_updater": updater},
-    )
+    state = {"loss": loss, **optimizers, "target_updater": updater}
+    return dict(policy=actor, exploration_policy=actor, learn=learn, state=state)
 
 
 class UpdateCounter:
@@ -134,7 +151,7 @@ class UpdateCounter:
         self.count = state["count"]
 
 
-def td3(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
+def td3(cfg: DictConfig, env: EnvBase, device: torch.device) -> Agent:
     """TorchRL's TD3 sota agent: tanh actor with target, twin critics, actor and targets every 2nd update."""
     spec = env.action_spec_unbatched.to(device)
     obs_dim, action_dim = env.observation_spec_unbatched["observation"].shape[-1], spec.shape[-1]
@@ -199,35 +216,95 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--alpha-init is SAC's; TD3 has no entropy coefficient")
     with initialize_config_dir(config_dir=str(SCRIPT_DIR), version_base="1.3"):
         cfg = compose("config", overrides=args.overrides, return_hydra_config=True)
-    folder = Path(cfg.hydra.run.dir)
+    folder, name = Path(cfg.hydra.run.dir), args.algorithm.upper()
     with open_dict(cfg):
         del cfg["hydra"]
     validate_config(cfg)
-    folder = RunFolder(folder, cfg.checkpoint.resume)
+    with open_dict(cfg):
+        cfg.algorithm = name  # in the checkpoint's config: a run resumes only its own algorithm's checkpoints
+    if cfg.checkpoint.resume:
+        saved = read_checkpoint(cfg.checkpoint.resume, components=("config",))["config"].get("algorithm", "QSM")
+        if saved != name:
+            raise SystemExit(f"checkpoint.resume={cfg.checkpoint.resume}: a {saved} checkpoint; this run is {name}.")
     device = resolve_device(cfg.device)
-    print(
-        f"{args.algorithm.upper()} on {task_name(cfg)}, device {device}; results in {folder.folder}",
-        flush=True,
-    )
-    torch.manual_seed(cfg.env.seed)
-    np.random.seed(cfg.env.seed)
-    random.seed(cfg.env.seed)
-    logger = make_logger(cfg, folder.folder, name=args.algorithm.upper())
-    eval_env = make_eval_env(cfg, logger)
-    options = {"alpha_init": args.alpha_init} if args.algorithm == "sac" else {}
-    agent = BASELINES[args.algorithm](cfg, eval_env, device, **options)
-    loss = agent["state"]["loss"]
-    set_matmul_kernels(cfg, device, loss.actor_network, loss.qvalue_network)
-    train(
-        cfg,
-        folder,
-        name=args.algorithm.upper(),
-        device=device,
-        logger=logger,
-        eval_env=eval_env,
-        eval_exploration=ExplorationType.DETERMINISTIC,
-        **agent,
-    )
+    with RunGuard(folder, resume=cfg.checkpoint.resume) as guard:
+        print(f"{name} on {task_name(cfg)}, device {device}; results in {folder}", flush=True)
+        torch.manual_seed(cfg.env.seed)
+        np.random.seed(cfg.env.seed)
+        random.seed(cfg.env.seed)
+        logger = make_logger(cfg, folder, name=name)
+        eval_env = make_eval_env(cfg, logger)
+        options = {"alpha_init": args.alpha_init} if args.algorithm == "sac" else {}
+        agent = BASELINES[args.algorithm](cfg, eval_env, device, **options)
+        policy, exploration_policy, learn, state = (
+            agent[k] for k in ("policy", "exploration_policy", "learn", "state")
+        )
+        set_matmul_kernels(cfg, device, state["loss"].actor_network, state["loss"].qvalue_network)
+        OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
+        replay_buffer = make_replay_buffer(cfg, device)
+        progress = Progress(cfg, folder)
+        checkpointer = make_checkpointer(progress, replay_buffer, None, state)
+        if cfg.checkpoint.resume:
+            resume(checkpointer, progress, replay_buffer, device)
+        eval_env.set_seed(stream_seed(cfg.env.seed + EVAL_SEED_OFFSET, progress.frames))
+
+        def updates_owed() -> list[TensorDict]:
+            guard.phase, metrics, first = "updates", [], progress.updates
+            while progress.update_credit >= 1 and not guard.stop_requested:
+                metrics.append(learn(replay_buffer.sample()))
+                progress.update_credit, progress.updates = progress.update_credit - 1, progress.updates + 1
+            check_finite_losses(metrics, first)
+            return metrics
+
+        def due_work() -> None:
+            if progress.eval_due():
+                guard.phase = "evaluation"
+                returns, edges = evaluate_policy(eval_env, policy, cfg.env.max_episode_steps, DETERMINISTIC)
+                row = dict(
+                    eval_return=returns.mean().item(), eval_return_std=return_std(returns), eval_edge_fraction=edges
+                )
+                progress.results.add(frame=progress.frames, wall_time=progress.wall_time(), **row)
+                progress.last_eval = progress.frames
+                print(f"[eval] frame {progress.frames}: return {row['eval_return']:.1f}", flush=True)
+            if progress.checkpoint_due():
+                guard.phase = "checkpoint writing"
+                guard.last_checkpoint = str(save_checkpoint(checkpointer, progress, state))
+
+        if progress.frames >= progress.update_start:
+            updates_owed()
+        if not guard.stop_requested:
+            due_work()
+        if progress.frames < cfg.collector.total_frames and not guard.stop_requested:
+            with guard.signals_ignored():
+                collector = make_collector(
+                    cfg,
+                    exploration_policy,
+                    cfg.collector.total_frames - progress.frames,
+                    max(0, cfg.collector.init_random_frames - progress.frames),
+                    stream_seed(cfg.env.seed, progress.frames),
+                    device,
+                )
+            try:
+                for batch in collector:
+                    guard.phase = "collection"
+                    check_finite_batch(batch, progress.frames)
+                    replay_buffer.extend(batch.reshape(-1))
+                    progress.collected(batch.numel())
+                    if progress.frames >= progress.update_start and updates_owed():
+                        collector.update_policy_weights_()
+                    progress.record_episodes(batch)
+                    if not guard.stop_requested:
+                        due_work()
+                    if guard.stop_requested:
+                        break
+            finally:
+                collector.shutdown()
+        path = save_checkpoint(checkpointer, progress, state)
+    if guard.stop_requested:
+        print(f"Stopped at frame {progress.frames}; checkpoint written to {path}", flush=True)
+        sys.exit(guard.exit_code)
+    progress.results.plot(f"{name} {task_name(cfg)}")
+    print(f"Done: {progress.frames} frames, {progress.updates} updates. Results: {folder}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
-"""What a run leaves on disk and reads back: its folder and its checkpoints, through ``torchrl.checkpoint``.
+"""What a run leaves on disk and reads back: its checkpoints, through ``torchrl.checkpoint``, and the
+counters they continue (the run's folder itself is claimed by ``torchrl_qsm.run.RunGuard``).
 
-- A run claims its folder (an advisory lock held for the life of the process), so two runs never
-  write into one folder; a folder that holds another run is refused unless that run is resumed.
 - Its checkpoints are ``torchrl.checkpoint.Checkpoint`` directories under ``checkpoints/``, one per
   frame count (``checkpoint-000000200000``), written by ``CheckpointRotation``: each is staged in a
   hidden folder and renamed into place, then all but the newest two are removed, so a process killed
@@ -17,24 +16,28 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import shutil
+import time
 import zipfile
 from collections.abc import Collection
 from pathlib import Path
 
 import torch
-from torchrl.checkpoint import Checkpoint, CheckpointRotation
+from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDictBase
+from torchrl.checkpoint import Checkpoint, CheckpointRotation, GlobalRNGState
 from torchrl.checkpoint import CheckpointError as TorchRLCheckpointError
 
+from torchrl_qsm import actor_record, DiffusionActor, NonFiniteError
 from torchrl_qsm.modules.saving import load_checkpoint_components, weights_only_checkpoint
+
+from config import compare_for_resume
+from utils import Results
 
 CHECKPOINTS = "checkpoints"  # the run folder's rotation of checkpoints
 KEEP_LAST = 2
 FORMAT = "torchrl_qsm checkpoint 3"  # trainer_state["format"]; 3: torchrl.checkpoint (1 and 2 were one .pt file)
 JSON_COMPONENTS = ("config", "trainer_state", "actor_record")
-RUN_FILES = (CHECKPOINTS, "returns.csv")
 
 
 class CheckpointError(ValueError):
@@ -46,7 +49,121 @@ def rotation(folder: Path) -> CheckpointRotation:
     return CheckpointRotation(Path(folder) / CHECKPOINTS, keep_last=KEEP_LAST)
 
 
-def save_checkpoint(folder: Path, checkpoint: Checkpoint, step: int, components: Collection[str]) -> Path:
+class Progress:
+    """The loop's counters, its schedule and its results: what a checkpoint's ``trainer_state`` (JSON) holds.
+
+    ``update_credit`` is the number of updates owed: ``optim.utd_ratio`` per frame collected from
+    ``update_start`` on (``collector.init_random_frames``), spent one whole update at a time, so a run stopped
+    between a collector batch and its updates owes them at resume. ``next_eval``/``next_checkpoint`` are the
+    frames at which the next evaluation and checkpoint are due.
+    """
+
+    def __init__(self, cfg: DictConfig, folder: Path) -> None:
+        self.cfg, self.folder = cfg, folder
+        self.frames, self.updates, self.update_credit, self.wall_offset = 0, 0, 0.0, 0.0
+        self.update_start = cfg.collector.init_random_frames
+        self.next_eval, self.next_checkpoint, self.last_eval = cfg.eval.interval, cfg.checkpoint.interval, -1
+        self.results, self.last_train = Results(folder), float("nan")
+        self.started = time.perf_counter()
+        self.saved: tuple[tuple[int, int], Path] | None = None  # (frames, updates) of the newest checkpoint, its path
+        self.trainer_state: dict = {}  # the checkpoint's JSON component, filled from state_dict() when one is written
+
+    def collected(self, frames: int) -> None:
+        self.frames += frames
+        if self.frames >= self.update_start:
+            self.update_credit += frames * self.cfg.optim.utd_ratio
+
+    def record_episodes(self, batch: TensorDictBase) -> None:
+        """The returns of the episodes that ended in ``batch``, into ``returns.csv``."""
+        ended = batch["next", "done"].squeeze(-1)
+        for episode_return in batch["next", "episode_reward"][ended].flatten().tolist():
+            self.results.add(frame=self.frames, wall_time=self.wall_time(), train_return=episode_return)
+            self.last_train = episode_return
+
+    def eval_due(self) -> bool:
+        """An evaluation is due every ``eval.interval`` frames, and at the last frame."""
+        final = self.frames >= self.cfg.collector.total_frames and self.last_eval != self.frames
+        due = self.frames >= self.next_eval or final
+        while self.next_eval <= self.frames:
+            self.next_eval += self.cfg.eval.interval
+        return due
+
+    def checkpoint_due(self) -> bool:
+        due = self.frames >= self.next_checkpoint
+        while self.next_checkpoint <= self.frames:
+            self.next_checkpoint += self.cfg.checkpoint.interval
+        return due
+
+    def wall_time(self) -> float:
+        """Seconds of training so far, across resumes."""
+        return round(self.wall_offset + time.perf_counter() - self.started, 3)
+
+    def state_dict(self) -> dict:
+        schedule = {"next_eval": self.next_eval, "next_checkpoint": self.next_checkpoint, "last_eval": self.last_eval}
+        return dict(
+            format=FORMAT,
+            frames=self.frames,
+            updates=self.updates,
+            update_credit=self.update_credit,
+            results=self.results.rows,
+            wall_time=self.wall_time(),
+            schedule=schedule,
+        )
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.frames, self.updates, self.update_credit = saved["frames"], saved["updates"], saved["update_credit"]
+        self.next_eval, self.next_checkpoint, self.last_eval = (
+            saved["schedule"][k] for k in ("next_eval", "next_checkpoint", "last_eval")
+        )
+        self.wall_offset = saved["wall_time"]
+        self.results = Results(self.folder, saved["results"])
+
+
+def make_checkpointer(progress: Progress, replay_buffer, actor: DiffusionActor | None, state: dict) -> Checkpoint:
+    """The run's ``torchrl.checkpoint.Checkpoint``: the state dicts of ``state`` (the loss, optimizers, schedule and
+    target updater, loaded keeping this run's hyperparameters), the replay buffer, the RNG states, the counters
+    (``trainer_state``), the config, and a diffusion ``actor``'s weights and record (what ``load_actor`` and
+    evaluate.py read). Everything is JSON or a state dict read weights-only."""
+    components = {
+        name: StateOf(obj, load=lambda saved, obj=obj: load_keeping_hyperparameters(obj, saved))
+        for name, obj in state.items()
+    }
+    components["replay_buffer"] = StateOf(
+        replay_buffer,
+        save=lambda: replay_buffer_state(replay_buffer),
+        load=lambda saved: load_replay_buffer_state(replay_buffer, saved),
+    )
+    if actor is not None:
+        components.update(actor=actor, actor_record=actor_record(actor))
+    return weights_only_checkpoint(
+        **components,
+        rng=GlobalRNGState(),
+        trainer_state=progress.trainer_state,
+        config=OmegaConf.to_container(progress.cfg, resolve=True),
+    )
+
+
+def save_checkpoint(checkpoint: Checkpoint, progress: Progress, state: dict) -> Path:
+    """``checkpoint`` into the run folder's rotation at the current frame, unless it is already there.
+
+    Refused with ``NonFiniteError`` when a tensor of ``state`` (weights, optimizer moments) is not finite: the
+    previous checkpoints stay.
+    """
+    if progress.saved is not None and progress.saved[0] == (progress.frames, progress.updates):
+        return progress.saved[1]
+    if not state_is_finite({name: obj.state_dict() for name, obj in state.items()}):
+        raise NonFiniteError(
+            f"At frame {progress.frames} the weights or optimizer states are not finite; no checkpoint was written."
+        )
+    progress.trainer_state.clear()
+    progress.trainer_state.update(progress.state_dict())
+    skipped = set() if progress.cfg.checkpoint.save_replay_buffer else {"replay_buffer"}
+    path = write_checkpoint(progress.folder, checkpoint, progress.frames, set(checkpoint.components) - skipped)
+    progress.saved = ((progress.frames, progress.updates), path)
+    return path
+
+
+def write_checkpoint(folder: Path, checkpoint: Checkpoint, step: int, components: Collection[str]) -> Path:
     """``checkpoint``'s ``components`` into the run folder's rotation at ``step``; a full disk is reported with the
     path (the staged files are removed, the previous checkpoints stay)."""
     try:
@@ -62,21 +179,91 @@ def save_checkpoint(folder: Path, checkpoint: Checkpoint, step: int, components:
         raise
 
 
-def remove_stale_partials(folder: Path) -> list[Path]:
-    """Deletes what an interrupted write left in ``folder`` (call while holding its lock): ``*.tmp`` files, and the
-    hidden staging, backup and deletion folders of ``torchrl.checkpoint`` in its rotation. A backup whose checkpoint
-    is missing (a checkpoint of the same frame count replaced, killed between its two renames) is put back."""
-    for backup in sorted((folder / CHECKPOINTS).glob(".checkpoint-*.backup-*")):
-        target = backup.with_name(backup.name[1:].partition(".backup-")[0])
-        if Checkpoint.is_checkpoint(backup) and not target.exists():
-            os.replace(backup, target)
-    stale = sorted(folder.glob("*.tmp")) + sorted((folder / CHECKPOINTS).glob(".*"))
-    for path in stale:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    return stale
+def resume(checkpoint: Checkpoint, progress: Progress, replay_buffer, device: torch.device) -> None:
+    """Loads the checkpoint ``checkpoint.resume`` names into ``checkpoint``'s objects and ``progress``.
+
+    Its config is compared with this run's first (``compare_for_resume``: a structural change is refused
+    field by field, before anything is loaded; the others are printed); a checkpoint without a replay buffer
+    resumes the updates once ``collector.init_random_frames`` new transitions are collected.
+    """
+    cfg = progress.cfg
+    path = find_checkpoint(cfg.checkpoint.resume)
+    saved = read_checkpoint(path, components=("config", "trainer_state"))
+    changed = compare_for_resume(saved["config"], OmegaConf.to_container(cfg, resolve=True))
+    has_buffer = "replay_buffer" in Checkpoint.manifest(path)["components"]
+    json_or_actor = ("trainer_state", "config", "actor", "actor_record")
+    exact = [name for name in checkpoint.components if name not in json_or_actor]
+    try:
+        load_checkpoint_components(
+            checkpoint, path, [n for n in exact if has_buffer or n != "replay_buffer"], map_location=device
+        )
+    except (TorchRLCheckpointError, OSError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path} cannot be resumed: {err}") from err
+    progress.load_state_dict(saved)
+    if path.parent.resolve() == (progress.folder / CHECKPOINTS).resolve():
+        progress.saved = ((progress.frames, progress.updates), path)
+    restored = "networks, target networks, optimizers, learning-rate schedule, RNG states, counters, results"
+    lines = [
+        f"Resumed from {path} at frame {progress.frames} ({progress.updates} updates).",
+        f"  restored exactly: {restored}"
+        + (f", replay buffer ({len(replay_buffer)} transitions)" if has_buffer else ""),
+    ]
+    if not has_buffer:
+        progress.update_start = progress.frames + cfg.collector.init_random_frames
+        lines.append(
+            f"  the checkpoint holds no replay buffer: updates resume once the policy has collected "
+            f"{cfg.collector.init_random_frames} new transitions (frame {progress.update_start})"
+        )
+    elif not cfg.checkpoint.save_replay_buffer:
+        lines.append(
+            "  its replay buffer was loaded; checkpoint.save_replay_buffer=false: later checkpoints will not hold it"
+        )
+    lines.append(
+        f"  new: the episodes in progress restart; environments seeded from (env.seed, frame {progress.frames})"
+    )
+    lines += [f"  changed: {key}: {old!r} -> {new!r}" for key, old, new in changed]
+    print("\n".join(lines), flush=True)
+
+
+def load_keeping_hyperparameters(stateful, state_dict: dict) -> None:
+    """``stateful.load_state_dict(state_dict)``, keeping the hyperparameters this run was built with.
+
+    Torch's optimizers and learning-rate schedules restore their hyperparameters from a state dict too
+    (each param group's ``lr``, betas, eps, ``fused``; a schedule's ``base_lrs``): a resume that changed
+    ``optim.lr`` would print the change and go on with the checkpoint's rate. Here their state (Adam's
+    moments and step counts, the schedule's position) comes from the checkpoint, their hyperparameters
+    from this run's config, and each rate is recomputed at the schedule's position (the same rate, bit
+    for bit, when the config did not change).
+    """
+    if isinstance(stateful, torch.optim.Optimizer):
+        configured = [{k: v for k, v in group.items() if k != "params"} for group in stateful.param_groups]
+        stateful.load_state_dict(state_dict)
+        for group, values in zip(stateful.param_groups, configured, strict=True):
+            group.update(values)
+    elif isinstance(stateful, torch.optim.lr_scheduler.LambdaLR):
+        base_lrs = list(stateful.base_lrs)
+        stateful.load_state_dict(state_dict)
+        stateful.base_lrs = base_lrs
+        groups = stateful.optimizer.param_groups
+        for group, base, factor in zip(groups, base_lrs, stateful.lr_lambdas, strict=True):
+            lr = base * factor(stateful.last_epoch)
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(lr)  # in place: a compiled update reads this tensor
+            else:
+                group["lr"] = lr
+    else:
+        stateful.load_state_dict(state_dict)
+
+
+def state_is_finite(saved: dict) -> bool:
+    """Whether every floating-point tensor in the nested state ``saved`` is finite."""
+    if isinstance(saved, torch.Tensor):
+        return not saved.is_floating_point() or bool(torch.isfinite(saved).all())
+    if isinstance(saved, dict) or hasattr(saved, "items"):
+        return all(state_is_finite(v) for v in saved.values())
+    if isinstance(saved, (list, tuple)):
+        return all(state_is_finite(v) for v in saved)
+    return True
 
 
 def _old_format(path: Path) -> CheckpointError:
@@ -166,38 +353,6 @@ def read_checkpoint(path: str | os.PathLike, components: Collection[str] | None 
     out["state"] = {name: value.state for name, value in values.items()}
     out["path"] = path
     return out
-
-
-class RunFolder:
-    """Holds the lock of a run's folder for as long as the process lives (released by the OS at exit)."""
-
-    def __init__(self, folder: Path, resume: str | None) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(folder / ".lock", "a+")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            owner = self._lock.read().strip() or "another process"
-            self._lock.close()
-            raise RuntimeError(
-                f"{folder} is in use by another run ({owner}); give this one another folder (hydra.run.dir=...)."
-            ) from None
-        here = folder.resolve()
-        resuming_here = resume is not None and here in (Path(resume).resolve(), *Path(resume).resolve().parents)
-        previous = [name for name in RUN_FILES if (folder / name).exists()]
-        if previous and not resuming_here:
-            self._lock.close()
-            raise RuntimeError(
-                f"{folder} holds another run ({', '.join(previous)}); resume it with "
-                f"checkpoint.resume={folder} or give this run another folder (hydra.run.dir=...)."
-            )
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"pid {os.getpid()}\n")
-        self._lock.flush()
-        self.removed_partials = remove_stale_partials(folder)
 
 
 # A prioritized sampler's state holds its segment trees, C++ objects that only pickle: in a checkpoint they are

@@ -38,8 +38,16 @@ from torchrl_qsm.modules.saving import load_checkpoint_components, weights_only_
 
 from checkpoints import CHECKPOINTS, read_checkpoint
 from config import saved_config
-from loop import EVAL_SEED_OFFSET, evaluate_policy, return_std
-from utils import make_critic, make_eval_env, make_logger, make_loss_module, task_name
+from utils import (
+    EVAL_SEED_OFFSET,
+    evaluate_policy,
+    make_critic,
+    make_eval_env,
+    make_logger,
+    make_loss_module,
+    return_std,
+    task_name,
+)
 
 # what the command line may set: the checkpoint, where to write, the export, and the evaluation's fields
 OPTIONS = {"checkpoint": None, "output": None, "export": True, "seed": None}

@@ -1,5 +1,5 @@
-"""One QSM update as one function that ``torch.compile`` captures whole: both losses, their gradients, one
-Adam step per optimizer and the target critics' soft update.
+"""Adam's step on gradients given as tensors, so that ``torch.compile`` captures qsm.py's update whole: both
+losses, their gradients (``torch.autograd.grad``), one Adam step per optimizer and the target critics' soft update.
 
 The plain TorchRL update (``loss.backward()``, ``optimizer.step()``, ``zero_grad()``, ``updater.step()``)
 splits under ``torch.compile`` into about 14 graphs: dynamo breaks at ``backward()`` and, on purpose, around
@@ -14,14 +14,10 @@ Adam's (``tests/test_fast_paths.py`` compares the two paths step by step).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-from tensordict import TensorDict, TensorDictBase
 from torch.optim.adam import adam as functional_adam
-from torchrl.objectives import LossModule, SoftUpdate
-
-from torchrl_qsm import CurvatureAlpha
 
 
 def adam_step(optimizer: torch.optim.Adam, grads: Sequence[torch.Tensor]) -> None:
@@ -65,55 +61,28 @@ def adam_step(optimizer: torch.optim.Adam, grads: Sequence[torch.Tensor]) -> Non
         )
 
 
-def make_update(
-    loss: LossModule,
-    optimizers: Sequence[torch.optim.Adam],
-    target_updater: SoftUpdate,
-    bf16_matmuls: bool = False,
-    alpha_updater: CurvatureAlpha | None = None,
-) -> Callable[[TensorDictBase], TensorDict]:
-    """``update(batch) -> metrics``: one step on the sum of ``loss``'s ``loss_*`` outputs (detached metrics out).
+def adam_steps(optimizers: Sequence[torch.optim.Adam], grads: Sequence[torch.Tensor]) -> None:
+    """One Adam step of each optimizer with ``grads`` (one per parameter, the optimizers' parameters in order).
 
-    ``alpha_updater`` (``alpha=auto`` with the gradient target) commits the curvature the loss measured, after
-    the target update, as the target updater steps the target critics.
-
-    ``bf16_matmuls``: the loss runs under bfloat16 autocast (matmuls in bf16; the schedule, the losses'
-    reductions and the optimizer stay fp32). The first call is the plain update (``backward()`` and
-    ``Optimizer.step()``), which creates Adam's state the way torch's Adam does; once every optimizer has
-    its state, the gradients come from ``torch.autograd.grad`` and the steps from :func:`adam_step`.
+    The first step of an optimizer goes through ``.grad`` and ``Optimizer.step()``, which creates Adam's state
+    the way torch does (eager: the update's first call, before it compiles); later steps are :func:`adam_step`.
     """
-    params = [p for optimizer in optimizers for group in optimizer.param_groups for p in group["params"]]
-    device_type = params[0].device.type
-
-    def losses(batch: TensorDictBase) -> tuple[torch.Tensor, TensorDict]:
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16_matmuls):
-            out = loss(batch)
-        total = sum(value for key, value in out.items() if key.startswith("loss_"))
-        return total, out.detach()  # detached before the gradients: a traced autograd.grad must not share them
-
-    def update(batch: TensorDictBase) -> TensorDict:
-        total, metrics = losses(batch)
-        if any(len(optimizer.state) == 0 for optimizer in optimizers):
-            total.backward()
-            for optimizer in optimizers:
+    grads = iter(grads)
+    with torch.no_grad():
+        for optimizer in optimizers:
+            own = [next(grads) for group in optimizer.param_groups for _ in group["params"]]
+            if len(optimizer.state) == 0:
+                params = [p for group in optimizer.param_groups for p in group["params"]]
+                for param, grad in zip(params, own, strict=True):  # laid out as backward() lays them (adam_step)
+                    param.grad = grad if grad.stride() == param.stride() else torch.empty_like(param).copy_(grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        else:
-            grads = torch.autograd.grad(total, params)
-            with torch.no_grad():
-                start = 0
-                for optimizer in optimizers:
-                    count = sum(len(group["params"]) for group in optimizer.param_groups)
-                    adam_step(optimizer, grads[start : start + count])
-                    start += count
-        if device_type == "cuda" and not torch.compiler.is_compiling():
-            mark_state_static(optimizers)
-        target_updater.step()
-        if alpha_updater is not None:
-            alpha_updater.step(metrics["action_curvature"])
-        return metrics
-
-    return update
+            else:
+                adam_step(optimizer, own)
+    if not torch.compiler.is_compiling() and any(
+        p.device.type == "cuda" for o in optimizers for g in o.param_groups for p in g["params"]
+    ):
+        mark_state_static(optimizers)
 
 
 def mark_state_static(optimizers: Sequence[torch.optim.Optimizer]) -> None:

@@ -6,6 +6,7 @@ The shape of TorchRL's sota-implementations/sac/utils.py.
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import importlib.util
 import math
@@ -19,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
-from torchrl._utils import compile_with_warmup, seed_generator
+from torchrl._utils import compile_with_warmup, seed_generator, timeit
 from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, TensorDictPrioritizedReplayBuffer, TensorDictReplayBuffer
 from torchrl.envs import (
@@ -37,13 +38,14 @@ from torchrl.envs import (
     StepCounter,
     TransformedEnv,
 )
-from torchrl.envs.utils import ExplorationType
+from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import AdditiveGaussianModule, MLP, ValueOperator
 from torchrl.objectives import SoftUpdate
 from torchrl.record import VideoRecorder
 from torchrl.record.loggers import CSVLogger, generate_exp_name, get_logger
 
-from torchrl_qsm import DiffusionActor, EpsilonNetwork, QSMLoss
+from torchrl_qsm import DiffusionActor, edge_fraction, EpsilonNetwork, NonFiniteError, QSMLoss
+from torchrl_qsm.diagnostics import first_non_finite
 from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_path, matmul_shapes, MatmulChoice
 
 from config import ACTIVATIONS, ray_token_refused
@@ -287,34 +289,15 @@ def compile_update(
 ) -> Callable[[TensorDict], TensorDict]:
     """``update`` under ``torch.compile``, after ``warmup`` eager calls (as TorchRL's sota scripts do).
 
-    Dynamo traces ``torch.autograd.grad`` (its ``trace_autograd_ops``), so an update written as in
-    update.py compiles to one graph, Adam's steps included.
-
-    ``compile.recompute_pointwise`` (``null``: on CPU): while the update compiles, AOTAutograd's
-    partitioner may recompute in the backward the pointwise results it needs (ReLU masks) instead of
-    saving them, through torch's private flag ``ban_recompute_materialized_backward``. On CPU inductor
-    stores saved bool masks slowly and the recomputed ones fuse into the backward kernels
-    (benchmarks/README.md, "Compiled updates"); it has not been measured to help elsewhere. It acts on
-    updates that call ``backward()`` (the TorchRL baselines run through the script's loop): the QSM update of
-    update.py takes its gradients inside the traced function, so AOTAutograd compiles it as one forward
-    graph, the partitioner never runs, and inductor generates the same kernels with or without the flag.
-    Where a torch version lacks a flag the update compiles without it. The settings are read when the update
-    compiles.
+    Dynamo traces ``torch.autograd.grad`` here (its ``trace_autograd_ops``, read when the update compiles), so
+    the update of qsm.py compiles to one graph, Adam's steps included (update.py).
     """
     mode = cfg.compile.mode or ("reduce-overhead" if device.type == "cuda" else "default")
     quiet_known_compile_warnings()
     compiled = compile_with_warmup(update, mode=mode, warmup=warmup)
-    recompute = cfg.compile.recompute_pointwise
-    recompute = device.type == "cpu" if recompute is None else recompute
-    patches = [(torch._dynamo.config, {"trace_autograd_ops": True})]
-    if recompute:
-        patches.append((torch._functorch.config, {"ban_recompute_materialized_backward": False}))
-    patches = [(config, flags) for config, flags in patches if all(hasattr(config, name) for name in flags)]
 
     def run(batch: TensorDict) -> TensorDict:
-        with contextlib.ExitStack() as stack:
-            for config, flags in patches:
-                stack.enter_context(config.patch(**flags))
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
             return compiled(batch)
 
     return run
@@ -465,6 +448,139 @@ def make_replay_buffer(cfg: DictConfig, device: torch.device):
     if cfg.replay_buffer.prb:
         return TensorDictPrioritizedReplayBuffer(alpha=0.7, beta=0.5, **common)
     return TensorDictReplayBuffer(**common)
+
+
+# --- the loop's checks, evaluation and results ----------------------------------------------------
+EVAL_SEED_OFFSET = 10_000  # the evaluation environments' seed stream: env.seed + EVAL_SEED_OFFSET
+
+
+def check_finite_batch(batch: TensorDictBase, first_frame: int) -> None:
+    """Raises NonFiniteError naming the key and the frame of the first non-finite value of a collected batch."""
+    flat = batch.reshape(-1)
+    for key, value in flat.items(True, True):
+        index = first_non_finite(value)
+        if index is not None:
+            row = index[0]
+            raise NonFiniteError(
+                f"The collected data holds a non-finite {key!r} ({value[row].flatten().tolist()}) at frame "
+                f"{first_frame + row + 1}; it was not stored. The environment (or its transforms) produced it: "
+                "check the task's observations and rewards."
+            )
+
+
+def check_finite_losses(metrics: list[TensorDictBase], first_update: int) -> None:
+    """One device sync per collector batch: the ``loss_*`` outputs of each of the batch's updates must be finite."""
+    if not metrics:
+        return
+    totals = torch.stack([sum(v.float() for k, v in m.items() if k.startswith("loss_")) for m in metrics])
+    found = first_non_finite(totals)
+    if found is None:
+        return
+    index = found[0]
+    values = {key: value.item() for key, value in metrics[index].items() if key.startswith("loss_")}
+    raise NonFiniteError(
+        f"Update {first_update + index + 1} gave non-finite losses {values}: the weights may be non-finite from "
+        "then on. No checkpoint was written; lower optim.lr, or look for extreme rewards."
+    )
+
+
+def evaluate_policy(
+    env: EnvBase, policy: Callable, max_steps: int, exploration: ExplorationType
+) -> tuple[torch.Tensor, float]:
+    """One episode in each of ``env``'s environments (a batch, stepped together) under ``exploration``, no
+    gradients: the episodes' returns ``[E]`` and the share of action components on the box edges.
+
+    The batch steps ``max_steps`` times (a DMC episode's length); an episode that ends sooner (a Gymnasium
+    termination) counts up to its end, and what its environment does after its reset is left out.
+    """
+    spec = env.action_spec_unbatched
+    with set_exploration_type(exploration), torch.no_grad():
+        rollout = env.rollout(max_steps, policy, auto_cast_to_device=True, break_when_any_done=False)
+    # tensor by tensor: TensorDict.cpu() would show tensordict's type memo a new type, and the compiled update
+    # guards on that memo's size (a 10-20 s recompile after the first evaluation; benchmarks/README.md)
+    done = rollout["next", "done"].squeeze(-1).long().cpu()  # [E, steps]
+    in_episode = (done.cumsum(-1) - done) == 0  # every step up to and including the first end
+    returns = (rollout["next", "reward"].squeeze(-1).cpu() * in_episode).sum(-1)
+    edges = edge_fraction(rollout["action"].cpu()[in_episode], spec.space.low.cpu(), spec.space.high.cpu())
+    return returns, edges.item()
+
+
+def return_std(returns: torch.Tensor) -> float:
+    """The episodes' standard deviation; 0 for one episode (``eval.episodes=1``), where torch's would be nan."""
+    return returns.std().item() if returns.numel() > 1 else 0.0
+
+
+RESULT_FIELDS = [
+    "frame",
+    "wall_time",
+    "train_return",
+    "eval_return",
+    "eval_return_std",
+    "eval_edge_fraction",
+    "eval_best_of_n_return",  # eval.best_of_n > 1: the critic-ranked policy's evaluation, next to the plain one
+    "eval_best_of_n_return_std",
+    "eval_best_of_n_edge_fraction",
+]
+
+
+class Results:
+    """Train and eval returns by frame: ``returns.csv`` (rewritten atomically) and ``learning_curve.png``."""
+
+    def __init__(self, folder: Path, rows: list[dict] | None = None) -> None:
+        self.folder = folder
+        self.rows = list(rows or [])
+
+    def add(self, **row) -> None:
+        self.rows.append({field: row.get(field, "") for field in RESULT_FIELDS})
+        tmp = self.folder / "returns.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, RESULT_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.folder / "returns.csv")
+
+    def plot(self, title: str) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        def series(key):
+            points = [(r["frame"], r[key]) for r in self.rows if r.get(key, "") != ""]
+            return [p[0] for p in points], [p[1] for p in points]
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        frames, train = series("train_return")
+        ax.plot(frames, train, ".", alpha=0.4, label="train episodes")
+        frames, evals = series("eval_return")
+        _, spread = series("eval_return_std")
+        ax.errorbar(frames, evals, yerr=spread, marker="o", capsize=3, label="eval (mean +- std)")
+        frames, evals = series("eval_best_of_n_return")
+        if frames:
+            _, spread = series("eval_best_of_n_return_std")
+            ax.errorbar(frames, evals, yerr=spread, marker="s", capsize=3, label="eval, best of N (mean +- std)")
+        ax.set_xlabel("environment frames")
+        ax.set_ylabel("episode return")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = self.folder / "learning_curve.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def log_metrics(logger, metrics: list[TensorDictBase], frames: int, train_return: float) -> None:
+    """The mean of each of the updates' outputs, the last training return and ``timeit``'s timings, at ``frames``."""
+    if logger is None:
+        return
+    scalars = {"train/return": train_return}
+    for key in dict.fromkeys(key for m in metrics for key in m.keys()):
+        scalars[f"train/{key}"] = torch.stack([m[key] for m in metrics if key in m.keys()]).float().mean().item()
+    scalars.update(timeit.todict(prefix="time"))
+    for key, value in scalars.items():
+        logger.log_scalar(key, value, step=frames)
 
 
 # --- logging ---------------------------------------------------------------------------------------
