@@ -49,6 +49,7 @@ from update_speed import make_batch, reference_update, script_config
 from torchrl_qsm import EpsilonNetwork, Mish
 
 import qsm
+import utils
 from utils import make_env, set_matmul_kernels
 
 EAGER = {
@@ -62,9 +63,9 @@ COMPILED = {"default": (), "torch-mish": (), "concat-input": ()}
 
 
 class ConcatenatedOnly(EpsilonNetwork):
-    """An ``EpsilonNetwork`` that offers only ``forward(cat([x_t, s, t]))``: the actor and the loss then
-    reach it through ``ConcatenatedInput`` (the contract's members are hidden, so ``step_conditioned``
-    does not find them)."""
+    """An ``EpsilonNetwork`` that offers only ``forward(cat([x_t, s, t]))``: the actor it is built into calls
+    it on ``cat([x_t, s, t])`` (``predict_noise`` and ``denoiser`` are hidden, so the actor does not find
+    them when it is built)."""
 
     @property
     def predict_noise(self):
@@ -97,15 +98,15 @@ def learner(name: str, width: int, compiled: bool, env, device) -> dict:
     cfg = script_config(width, device, f"compile.compile={str(compiled).lower()}", *overrides)
     make_update = qsm.make_update
     qsm.make_update = lambda *args, **kwargs: own_code(make_update(*args, **kwargs))
+    if name == "concat-input":  # the actor settles how it calls its network when it is built
+        utils.EpsilonNetwork = ConcatenatedOnly
     try:
         built = make_learner(cfg, env, device)
     finally:
         qsm.make_update = make_update
-    actor = built["state"]["loss"].actor_network
+        utils.EpsilonNetwork = EpsilonNetwork
     if name == "torch-mish":
-        torch_mish(actor)
-    if name == "concat-input":
-        actor.module.score_network.__class__ = ConcatenatedOnly
+        torch_mish(built["state"]["loss"].actor_network)
     return built
 
 

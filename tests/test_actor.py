@@ -11,7 +11,8 @@ from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import AdditiveGaussianModule
 
-from torchrl_qsm import DiffusionActor, DiffusionPolicy, DiffusionPolicyModule
+from torchrl_qsm import DiffusionActor, DiffusionPolicy
+from torchrl_qsm.contract import diffusion_policy
 
 from _helpers import ACTION_DIM, box, make_actor, OBS_DIM
 
@@ -101,14 +102,14 @@ def test_a_custom_score_network_takes_the_concatenated_layout_and_gets_the_whole
     actor = DiffusionActor(ACTION_DIM, score_network=net, spec=box())
     assert actor(observations((4,)))["action"].shape == (4, ACTION_DIM)
     policy = actor.module
-    assert isinstance(policy, DiffusionPolicyModule)
+    assert diffusion_policy(policy) is policy  # it offers the whole contract itself
     x_t, obs, t = torch.randn(6, ACTION_DIM), torch.randn(6, OBS_DIM), torch.randint(0, 5, (6,))
     by_contract = policy.predict_noise(x_t, obs, t)
     torch.testing.assert_close(by_contract, net(torch.cat([x_t, obs, t.float().unsqueeze(-1)], -1)))
     torch.testing.assert_close(policy.denoiser(obs)(x_t, 3), net(torch.cat([x_t, obs, torch.full((6, 1), 3.0)], -1)))
 
 
-def test_the_step_conditioned_fast_path_belongs_to_the_network_not_to_its_class():
+def test_a_network_s_own_predict_noise_and_denoiser_are_used_whatever_its_class():
     # any network offering num_steps, predict_noise and denoiser is called through them
     calls = []
 
@@ -127,6 +128,24 @@ def test_the_step_conditioned_fast_path_belongs_to_the_network_not_to_its_class(
     actor(observations((4,)))
     actor.module.predict_noise(torch.randn(2, ACTION_DIM), torch.randn(2, OBS_DIM), torch.zeros(2, dtype=torch.long))
     assert calls == ["denoiser", "predict_noise"]
+
+
+def test_how_the_network_is_called_is_settled_when_the_actor_is_built():
+    # a plain network is asked for the step-conditioned members once, at construction, not at every call
+    asked = []
+
+    class Plain(torch.nn.Linear):
+        def __getattr__(self, name):
+            if name in ("num_steps", "predict_noise", "denoiser"):
+                asked.append(name)
+            return super().__getattr__(name)
+
+    actor = DiffusionActor(ACTION_DIM, score_network=Plain(ACTION_DIM + OBS_DIM + 1, ACTION_DIM), spec=box())
+    assert asked
+    asked.clear()
+    actor(observations((4,)))
+    actor.module.predict_noise(torch.randn(2, ACTION_DIM), torch.randn(2, OBS_DIM), torch.zeros(2, dtype=torch.long))
+    assert asked == []
 
 
 def test_code_written_for_torchrl_s_diffusion_actor_runs_unchanged():

@@ -110,3 +110,17 @@ def test_qsm_loss_trains_any_module_that_offers_the_diffusion_policy_contract():
     (out["loss_actor"] + out["loss_qvalue"]).backward()
     assert policy.calls == ["predict_noise", "predict_noise"]  # the first-call size probe, then the loss
     assert policy.net.weight.grad is not None and policy.net.weight.grad.abs().sum() > 0
+
+
+def test_qsm_loss_settles_the_contract_once_when_built(monkeypatch):
+    import torchrl_qsm.objectives.qsm as qsm
+
+    resolved = []
+    resolve = qsm.diffusion_policy
+    monkeypatch.setattr(qsm, "diffusion_policy", lambda module: resolved.append(module) or resolve(module))
+    actor = TorchRLDiffusionActor(ACTION_DIM, OBS_DIM, num_steps=5, spec=box())
+    loss = QSMLoss(actor, make_critic())
+    SoftUpdate(loss, tau=0.005)
+    for _ in range(2):
+        loss(make_batch((8,)))
+    assert resolved == [actor.module]

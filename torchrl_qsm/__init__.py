@@ -9,7 +9,6 @@ from torchrl_qsm.diffusion import (
     Mish,
     NoiseSchedule,
     SinusoidalFeatures,
-    StepConditionedNetwork,
 )
 from torchrl_qsm.modules import (
     actor_record,
@@ -42,7 +41,6 @@ __all__ = [
     "NoiseSchedule",
     "QSMLoss",
     "SinusoidalFeatures",
-    "StepConditionedNetwork",
     "UnsafeFileError",
     "__version__",
     "actor_record",

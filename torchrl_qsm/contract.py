@@ -2,24 +2,24 @@
 
 A diffusion actor is a ``TensorDictModule`` (one observation in, one action out) whose ``.module``
 offers :class:`DiffusionPolicyModule`. :class:`~torchrl_qsm.DiffusionActor` implements it;
-:class:`~torchrl_qsm.QSMLoss` uses only it. TorchRL's own ``torchrl.modules.DiffusionActor``
-offers a smaller contract (``num_steps``, ``alphas_cumprod``, ``add_noise(action, t)`` and
-``score_network(cat([x_t, obs, t]))``, its chain in action coordinates), which
-:func:`diffusion_policy` completes.
+:class:`~torchrl_qsm.QSMLoss` uses only it, through :func:`diffusion_policy` once, when it is built.
+TorchRL's own ``torchrl.modules.DiffusionActor`` offers a smaller contract
+(``num_steps``, ``alphas_cumprod``, ``add_noise(action, t)`` and ``score_network(cat([x_t, obs, t]))``,
+its chain in action coordinates), which :class:`ScoreNetworkPolicy` completes.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import torch
 from tensordict.utils import NestedKey
 from torchrl.data import Bounded, Composite, TensorSpec
+from typing_extensions import get_protocol_members  # typing's own from Python 3.13; torch requires the package
 
-from torchrl_qsm.diffusion.networks import Denoiser, protocol_members, step_conditioned
+from torchrl_qsm.diffusion.networks import concatenated_denoiser, concatenated_noise, Denoiser
 
 
-@runtime_checkable
 class DiffusionPolicyModule(Protocol):
     """The inner module of a diffusion actor, in the chain's coordinates ``x``.
 
@@ -31,6 +31,9 @@ class DiffusionPolicyModule(Protocol):
       with ``eps`` drawn from ``N(0, I)`` unless given.
     - ``predict_noise(x_t, observation, t) -> eps_theta``: the eps prediction, one step per sample.
     - ``denoiser(observation) -> denoise(x_t, t)``: what the reverse chain calls, one step for all.
+
+    A module offers it by having these members (checked with ``hasattr`` by :func:`diffusion_policy`, so
+    that members held as parameters, buffers or submodules count), not by deriving from this class.
     """
 
     num_steps: int
@@ -49,7 +52,6 @@ class DiffusionPolicyModule(Protocol):
     def denoiser(self, observation: torch.Tensor) -> Denoiser: ...
 
 
-CONTRACT = protocol_members(DiffusionPolicyModule)
 TORCHRL_CONTRACT = ("num_steps", "alphas_cumprod", "add_noise", "score_network")
 
 
@@ -57,8 +59,8 @@ class ScoreNetworkPolicy:
     """TorchRL's ``DiffusionActor`` module seen through :class:`DiffusionPolicyModule`.
 
     Its chain runs in action coordinates (``normalize`` is the identity) and its network takes
-    ``cat([x_t, observation, t])``. Holds a reference to the module, so parameters swapped into it
-    are the ones used.
+    ``cat([x_t, observation, t])``. Holds a reference to the module, not a copy, so parameters swapped
+    into it (``TensorDictParams.to_module``) are the ones used.
     """
 
     def __init__(self, module: torch.nn.Module) -> None:
@@ -87,16 +89,20 @@ class ScoreNetworkPolicy:
         return alpha_bar.sqrt() * action + (1 - alpha_bar).sqrt() * noise, noise
 
     def predict_noise(self, x_t: torch.Tensor, observation: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return step_conditioned(self.module.score_network, self.num_steps).predict_noise(x_t, observation, t)
+        return concatenated_noise(self.module.score_network, x_t, observation, t)
 
     def denoiser(self, observation: torch.Tensor) -> Denoiser:
-        return step_conditioned(self.module.score_network, self.num_steps).denoiser(observation)
+        return concatenated_denoiser(self.module.score_network, observation)
 
 
 def diffusion_policy(module: object) -> DiffusionPolicyModule:
-    """``module`` as a :class:`DiffusionPolicyModule`: itself if it offers the contract, TorchRL's
-    smaller contract completed by :class:`ScoreNetworkPolicy`, else ``TypeError`` naming what is missing."""
-    if all(hasattr(module, name) for name in CONTRACT):
+    """``module`` as a :class:`DiffusionPolicyModule`: itself if it offers the contract, TorchRL's smaller
+    contract completed by :class:`ScoreNetworkPolicy`, else ``TypeError`` naming what is missing.
+
+    Resolve it once (``QSMLoss`` does when it is built): the answer refers to ``module`` itself, so it sees
+    the parameters swapped into it on every later call.
+    """
+    if all(hasattr(module, name) for name in get_protocol_members(DiffusionPolicyModule)):
         return module
     missing = [name for name in TORCHRL_CONTRACT if not hasattr(module, name)]
     if missing:

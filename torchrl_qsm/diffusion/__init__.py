@@ -2,7 +2,7 @@
 
 from torchrl_qsm.diffusion.activations import Mish
 from torchrl_qsm.diffusion.embeddings import FourierFeatures, SinusoidalFeatures
-from torchrl_qsm.diffusion.networks import EpsilonNetwork, StepConditionedNetwork
+from torchrl_qsm.diffusion.networks import EpsilonNetwork
 from torchrl_qsm.diffusion.sampler import ddpm_sample
 from torchrl_qsm.diffusion.schedules import NoiseSchedule
 
@@ -12,6 +12,5 @@ __all__ = [
     "Mish",
     "NoiseSchedule",
     "SinusoidalFeatures",
-    "StepConditionedNetwork",
     "ddpm_sample",
 ]

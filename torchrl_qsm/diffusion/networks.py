@@ -1,4 +1,4 @@
-"""The eps-network ``eps_theta(a_t, s, t)`` of a diffusion policy, and the interface the chain and the loss call.
+"""The eps-network ``eps_theta(a_t, s, t)`` of a diffusion policy, and how the chain and the loss call it.
 
 Two ways to evaluate an eps-network, both in the chain's coordinates:
 
@@ -9,14 +9,13 @@ Two ways to evaluate an eps-network, both in the chain's coordinates:
 :class:`EpsilonNetwork` implements both with its first layer split by input, so that the state
 and time terms are computed once instead of at every step and sample. Any other network that
 maps ``cat([x_t, observation, t])`` to ``eps`` (the ``score_network`` contract of TorchRL's
-``DiffusionActor``) gets the same interface from :func:`step_conditioned`.
+``DiffusionActor``) is evaluated both ways by :func:`concatenated_noise` and :func:`concatenated_denoiser`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -26,66 +25,27 @@ from torchrl_qsm.diffusion.embeddings import make_time_embedding, TimeEmbeddingN
 from torchrl_qsm.diffusion.schedules import check_num_steps
 
 Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
+ScoreNetwork = Callable[[torch.Tensor], torch.Tensor]
 
 
-@runtime_checkable
-class StepConditionedNetwork(Protocol):
-    """An eps-network that evaluates its ``T`` integer steps itself (see the module docstring)."""
-
-    num_steps: int
-
-    def predict_noise(self, x_t: torch.Tensor, observation: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
-
-    def denoiser(self, observation: torch.Tensor) -> Denoiser: ...
-
-
-class ConcatenatedInput:
-    """The step-conditioned interface of a network that maps ``cat([x_t, observation, t]) -> eps``.
+def concatenated_noise(
+    network: ScoreNetwork, x_t: torch.Tensor, observation: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """``network(cat([x_t, observation, t]))`` at integer steps ``t`` (shape ``x_t.shape[:-1]``).
 
     ``t`` enters as the raw integer step cast to the input's dtype, as TorchRL's ``DiffusionActor``
-    feeds it. Holds a reference to ``network`` (not a copy): parameters swapped into it (e.g. by
-    ``TensorDictParams.to_module``) are the ones used.
+    feeds it.
     """
-
-    def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], num_steps: int) -> None:
-        self.network = network
-        self.num_steps = num_steps
-
-    def predict_noise(self, x_t: torch.Tensor, observation: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.network(torch.cat([x_t, observation, t.to(x_t.dtype).unsqueeze(-1)], -1))
-
-    def denoiser(self, observation: torch.Tensor) -> Denoiser:
-        def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
-            step = torch.full_like(observation[..., :1], t)
-            return self.network(torch.cat([x_t, observation, step], -1))
-
-        return denoise
+    return network(torch.cat([x_t, observation, t.to(x_t.dtype).unsqueeze(-1)], -1))
 
 
-def protocol_members(protocol: type) -> tuple[str, ...]:
-    """The attributes and methods a ``typing.Protocol`` class declares.
+def concatenated_denoiser(network: ScoreNetwork, observation: torch.Tensor) -> Denoiser:
+    """``denoise(x_t, t) = network(cat([x_t, observation, t]))`` at a fixed observation, ``t`` a Python int."""
 
-    Checking them with ``hasattr`` gives ``isinstance``'s answer for a runtime-checkable protocol at a
-    fraction of its cost (it runs on every chain and every loss call).
-    """
-    declared = [name for name in vars(protocol) if not name.startswith("_")]
-    return tuple(dict.fromkeys([*getattr(protocol, "__annotations__", {}), *declared]))
+    def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        return network(torch.cat([x_t, observation, torch.full_like(observation[..., :1], t)], -1))
 
-
-STEP_CONDITIONED = protocol_members(StepConditionedNetwork)
-
-
-def step_conditioned(network: nn.Module, num_steps: int) -> StepConditionedNetwork:
-    """``network`` itself if it implements :class:`StepConditionedNetwork` for ``num_steps`` steps,
-    else :class:`ConcatenatedInput` around it."""
-    if not all(hasattr(network, name) for name in STEP_CONDITIONED):
-        return ConcatenatedInput(network, num_steps)
-    if network.num_steps != num_steps:
-        raise ValueError(
-            f"The eps-network was built for num_steps={network.num_steps} denoising steps but the schedule has "
-            f"{num_steps}; build both with the same T."
-        )
-    return network
+    return denoise
 
 
 def mlp(

@@ -13,7 +13,7 @@ from torchrl.data import Composite, TensorSpec
 from torchrl.modules import SafeModule
 
 from torchrl_qsm.contract import bounded_action_spec
-from torchrl_qsm.diffusion.networks import Denoiser, EpsilonNetwork, step_conditioned
+from torchrl_qsm.diffusion.networks import concatenated_denoiser, concatenated_noise, Denoiser, EpsilonNetwork
 from torchrl_qsm.diffusion.sampler import chain_log_prob, ddpm_sample
 from torchrl_qsm.diffusion.schedules import NoiseSchedule, ScheduleName
 
@@ -27,9 +27,12 @@ class DiffusionPolicy(nn.Module):
     It implements :class:`~torchrl_qsm.contract.DiffusionPolicyModule`, what
     :class:`~torchrl_qsm.QSMLoss` uses, and keeps the contract of TorchRL's ``DiffusionActor``
     module (``num_steps``, ``alphas_cumprod``, ``add_noise(action, t)``,
-    ``score_network(cat([x_t, observation, t]))``), what TorchRL's ``DiffusionBCLoss`` uses. The
-    eps predictions go through the score network's own ``predict_noise``/``denoiser`` when it has
-    them (:class:`~torchrl_qsm.EpsilonNetwork` does), else through ``cat([x_t, observation, t])``.
+    ``score_network(cat([x_t, observation, t]))``), what TorchRL's ``DiffusionBCLoss`` uses.
+
+    How the score network is called is settled here, once: a network that offers ``num_steps``,
+    ``predict_noise(x_t, observation, t)`` and ``denoiser(observation)`` (the signatures of the contract's;
+    :class:`~torchrl_qsm.EpsilonNetwork` does) is called through them and must have been built for the
+    schedule's ``T``; any other is called on ``cat([x_t, observation, t])``.
 
     Args:
         score_network: the eps-network.
@@ -58,7 +61,15 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(
                 f"temperature (the scale of the chain's injected noise) must be finite and >= 0, got {temperature}."
             )
-        step_conditioned(score_network, schedule.num_steps)  # refuses a network built for another T
+        # how the network is called, settled once (the class docstring)
+        self._network_has_steps = all(
+            hasattr(score_network, name) for name in ("num_steps", "predict_noise", "denoiser")
+        )
+        if self._network_has_steps and score_network.num_steps != schedule.num_steps:
+            raise ValueError(
+                f"The eps-network was built for num_steps={score_network.num_steps} denoising steps but the schedule "
+                f"has {schedule.num_steps}; build both with the same T."
+            )
         self.score_network = score_network
         self.action_dim = action_dim
         self.schedule = schedule
@@ -108,11 +119,15 @@ class DiffusionPolicy(nn.Module):
 
     def predict_noise(self, x_t: torch.Tensor, observation: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``eps_theta(x_t, s, t)`` for integer steps ``t`` (shape ``x_t.shape[:-1]``)."""
-        return step_conditioned(self.score_network, self.num_steps).predict_noise(x_t, observation, t)
+        if self._network_has_steps:
+            return self.score_network.predict_noise(x_t, observation, t)
+        return concatenated_noise(self.score_network, x_t, observation, t)
 
     def denoiser(self, observation: torch.Tensor) -> Denoiser:
         """``eps_hat(x_t, t)`` at a fixed observation ``[N, obs_dim]``, for the reverse chain."""
-        return step_conditioned(self.score_network, self.num_steps).denoiser(observation)
+        if self._network_has_steps:
+            return self.score_network.denoiser(observation)
+        return concatenated_denoiser(self.score_network, observation)
 
     def forward(self, observation: torch.Tensor) -> torch.Tensor:
         """Samples ``a ~ pi(. | observation)`` for any leading batch shape.

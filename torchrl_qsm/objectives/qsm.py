@@ -115,8 +115,8 @@ class QSMLoss(LossModule):
             whose ``.module`` offers :class:`~torchrl_qsm.contract.DiffusionPolicyModule`
             (:class:`~torchrl_qsm.DiffusionActor` does), or the smaller contract of TorchRL's
             ``DiffusionActor`` (``num_steps``, ``alphas_cumprod``, ``add_noise``, ``score_network``),
-            which :func:`~torchrl_qsm.contract.diffusion_policy` completes. The loss uses nothing
-            else of it. Pass the bare actor, not an exploration wrapper.
+            which :class:`~torchrl_qsm.contract.ScoreNetworkPolicy` completes; which of the two is settled
+            once, here. The loss uses nothing else of it. Pass the bare actor, not an exploration wrapper.
         qvalue_network: ``Q(s, a)``, a ``TensorDictModule`` reading the action and the observation
             and writing ``state_action_value``; copied ``num_qvalue_nets`` times and run through
             ``vmap``.
@@ -305,8 +305,7 @@ class QSMLoss(LossModule):
             raise ValueError(f"data_score tilts the gradient target; score_target={score_target!r} excludes it.")
         if num_qvalue_nets < 1:
             raise ValueError(f"num_qvalue_nets must be >= 1, got {num_qvalue_nets}.")
-        module = _diffusion_module(actor_network)
-        low, high = _action_bounds(actor_network, module, action_spec, bounds)
+        _check_actor_keys(actor_network)
 
         self._set_deprecated_ctor_keys(priority=priority_key)
         self.use_prioritized_weights = use_prioritized_weights
@@ -326,6 +325,12 @@ class QSMLoss(LossModule):
         self._inputs_checked: set[str] = set()
 
         self.convert_to_functional(actor_network, "actor_network")
+        # How the loss calls the actor's module, settled once (see _policy). Only an adapter is held here: a
+        # LossModule takes every nn.Module in its __dict__ for a functional network of its own.
+        module = getattr(self.actor_network, "module", None)
+        policy = diffusion_policy(module)
+        self._adapter = None if policy is module else policy
+        low, high = _action_bounds(self.actor_network, policy, action_spec, bounds)
         self.convert_to_functional(qvalue_network, "qvalue_network", num_qvalue_nets, create_target_params=delay_qvalue)
         device = next(self.parameters()).device
         self.register_buffer("min_action", low.to(device))
@@ -338,7 +343,8 @@ class QSMLoss(LossModule):
             self.register_buffer("curvature_weight", torch.zeros((), device=device))
             self.out_keys = [*self.out_keys, "action_curvature"]
         elif self.learn_alpha:
-            widest = ((1 - module.alphas_cumprod[0]) / module.alphas_cumprod[0]).sqrt().item()
+            alpha_bar = policy.alphas_cumprod[0]
+            widest = ((1 - alpha_bar) / alpha_bar).sqrt().item()
             if target_spread >= widest:
                 raise ValueError(
                     f"target_spread={target_spread} is not below sigma_0 / sqrt(alpha_bar_0) = {widest:.3g}, the "
@@ -362,6 +368,13 @@ class QSMLoss(LossModule):
             alpha = self._curvature_alpha(self.curvature_sum, self.curvature_weight)
             return torch.where(self.curvature_weight > 0, alpha, torch.ones_like(alpha))
         return self._alpha
+
+    @property
+    def _policy(self) -> DiffusionPolicyModule:
+        """The actor's module through the contract, as settled in ``__init__``: the module itself (not a copy),
+        or TorchRL's through :class:`~torchrl_qsm.contract.ScoreNetworkPolicy`, which refers to it. Either sees
+        ``actor_network_params`` as each call swaps them in."""
+        return self.actor_network.module if self._adapter is None else self._adapter
 
     @property
     def action_curvature(self) -> torch.Tensor:
@@ -459,12 +472,11 @@ class QSMLoss(LossModule):
         transition = tensordict.reshape(-1)[:1]
         action = transition.get(self.tensor_keys.action)
         with torch.no_grad(), _swapped_in(self.actor_network_params, self.actor_network):
-            policy = diffusion_policy(self.actor_network.module)
             self._probe(
                 "the actor's eps-network",
                 role,
                 transition.select(*self.actor_network.in_keys),
-                lambda obs: policy.predict_noise(
+                lambda obs: self._policy.predict_noise(
                     action, obs.get(self.actor_network.in_keys[0]), action.new_zeros(1, dtype=torch.long)
                 ),
             )
@@ -611,8 +623,8 @@ class QSMLoss(LossModule):
         self._check_input(tensordict, [self.tensor_keys.action, obs_key], "actor_loss")
         action = tensordict.get(self.tensor_keys.action)
         observation = tensordict.get(obs_key)
+        policy = self._policy
         with _swapped_in(self.actor_network_params, self.actor_network):
-            policy = diffusion_policy(self.actor_network.module)
             if t is None:
                 t = torch.randint(0, policy.num_steps, action.shape[:-1], device=action.device)
             noised, noise = policy.add_noise(action, t, noise)
@@ -817,18 +829,22 @@ def _check_choice(name: str, value: str, choices) -> None:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {choices}.")
 
 
-def _diffusion_module(actor_network: TensorDictModule) -> DiffusionPolicyModule:
-    """The actor's inner module through the diffusion-policy contract; a TypeError names what is missing."""
+def _check_actor_keys(actor_network: TensorDictModule) -> None:
+    """A TypeError unless the actor reads one key and writes one (not an exploration wrapper)."""
     if len(getattr(actor_network, "in_keys", ())) != 1 or len(getattr(actor_network, "out_keys", ())) != 1:
         raise TypeError(
             f"QSMLoss needs a diffusion actor with one in_key and one out_key; {type(actor_network).__name__} has "
             f"in_keys={getattr(actor_network, 'in_keys', None)}, out_keys={getattr(actor_network, 'out_keys', None)}. "
             "Pass the bare actor, not an exploration wrapper."
         )
-    return diffusion_policy(getattr(actor_network, "module", None))
 
 
-def _action_bounds(actor_network, module, action_spec, bounds) -> tuple[torch.Tensor, torch.Tensor]:
+def _action_bounds(
+    actor_network: TensorDictModule,
+    policy: DiffusionPolicyModule,
+    action_spec: TensorSpec | None,
+    bounds: tuple[float | torch.Tensor, float | torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(low, high)`` from ``action_spec`` xor ``bounds``, else from the actor's spec (checked by
     :func:`~torchrl_qsm.contract.bounded_action_spec`)."""
     if action_spec is not None and bounds is not None:
@@ -837,7 +853,7 @@ def _action_bounds(actor_network, module, action_spec, bounds) -> tuple[torch.Te
     spec = action_spec if action_spec is not None else getattr(actor_network, "spec", None)
     if isinstance(spec, Composite) and spec.get(action_key, None) is None:
         spec = None  # e.g. TorchRL's DiffusionActor built without a spec: Composite(action=None)
-    action_dim = getattr(module, "action_dim", None)
+    action_dim = getattr(policy, "action_dim", None)
     if bounds is not None:
         low, high = (torch.as_tensor(b, dtype=torch.float32) for b in bounds)
         if action_dim is None:  # scalar bounds give a one-dim box
