@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = str(SCRIPT_DIR / "qsm.py")
 
 # The README's widths (256), on cartpole-swingup; each phase made long enough that a random moment
-# inside it is easy to hit: many updates, long evaluations, or large checkpoints.
+# inside it is easy to hit: many updates, or long evaluations.
 WIDE = [
     "env.domain=cartpole",
     "env.task=swingup",
@@ -66,14 +66,6 @@ PHASES = {
         "env.max_episode_steps=400",
         "checkpoint.interval=300",
         "replay_buffer.size=1000",
-    ],
-    "checkpoint writing": [
-        "optim.utd_ratio=0.05",
-        "eval.interval=300",
-        "eval.episodes=1",
-        "env.max_episode_steps=100",
-        "checkpoint.interval=100",
-        "replay_buffer.size=1500000",
     ],
 }
 
@@ -132,23 +124,20 @@ def start(folder: Path, *overrides: str) -> Reader:
 
 # When the phase of interest begins, as the run's output shows it: after the first batch's updates
 # start (the progress bar counts them), after the first evaluation's line (the next one follows the
-# next batch), after the first batch is counted (its checkpoint is written next).
-TRIGGERS = {"updates": r"updates=[1-9]", "evaluation": r"\[eval\] frame 100", "checkpoint writing": r"100/300"}
-DELAYS = {"updates": (0.5, 1.8), "evaluation": (0.3, 0.8), "checkpoint writing": (0.0, 0.4)}
+# next batch).
+TRIGGERS = {"updates": r"updates=[1-9]", "evaluation": r"\[eval\] frame 100"}
+DELAYS = {"updates": (0.5, 1.8), "evaluation": (0.3, 0.8)}
 
 
 @pytest.mark.parametrize(
     "phase, signum",
-    [
-        ("updates", signal.SIGINT),
-        ("evaluation", signal.SIGTERM),
-        ("checkpoint writing", signal.SIGINT),
-    ],
-    ids=["SIGINT-updates", "SIGTERM-evaluation", "SIGINT-checkpoint"],
+    [("updates", signal.SIGINT), ("evaluation", signal.SIGTERM)],
+    ids=["SIGINT-updates", "SIGTERM-evaluation"],
 )
 def test_a_signal_at_a_random_moment_leaves_a_checkpoint_that_resumes_to_the_same_counts(tmp_path, phase, signum):
-    # the two signals take one path (they differ in the exit code): each phase is hit by one of them
-    # SIGINT goes to the whole process group, as a terminal's Ctrl-C does; SIGTERM to the process, as kill does
+    # one real signal of each kind, at a random moment, to the script as a user runs it (the phases are also hit
+    # deterministically, in-process, below); SIGINT goes to the whole process group, as a terminal's Ctrl-C does;
+    # SIGTERM to the process, as kill does
     overrides = [*WIDE, *PHASES[phase]]
     rng = random.Random(f"{phase}{signum}")
     for attempt in range(4):  # a random moment may fall just outside the phase: try again
@@ -177,6 +166,38 @@ def test_a_signal_at_a_random_moment_leaves_a_checkpoint_that_resumes_to_the_sam
     final = read_checkpoint(folder)
     assert (final["frames"], final["updates"]) == (300, expected_updates(overrides)), done.stdout[-2000:]
     assert f"Resumed from {saved['path']} at frame {saved['frames']} ({saved['updates']} updates)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "phase, signum", [("evaluation", signal.SIGINT), ("checkpoint writing", signal.SIGTERM)], ids=["eval", "write"]
+)
+def test_a_signal_inside_evaluation_or_checkpoint_writing_stops_after_it_and_resumes_to_the_same_counts(
+    tmp_path, monkeypatch, capsys, phase, signum
+):
+    # the signal raised from inside the phase, at its first occurrence (frame 100), in this process
+    qsm, checkpoints = script_module("qsm"), script_module("checkpoints")
+    where = (qsm, "evaluate_policy") if phase == "evaluation" else (checkpoints, "write_checkpoint")
+    real, calls = getattr(*where), []
+
+    def signalled(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(*where, signalled)
+    with pytest.raises(SystemExit) as stopped:
+        qsm.train(compose(TINY), tmp_path)
+    output = capsys.readouterr().out
+    assert stopped.value.code == 128 + signum, output[-3000:]
+    assert f"{signal.Signals(signum).name} received during {phase}: stopping once it is done" in output
+    saved = read_checkpoint(tmp_path)
+    assert (saved["frames"], saved["updates"]) == (100, 50)
+    assert f"Stopped at frame 100 (50 updates); checkpoint written to {saved['path']}" in output
+    monkeypatch.setattr(*where, real)
+    qsm.train(compose([*TINY, f"checkpoint.resume={tmp_path}"]), tmp_path)
+    final = read_checkpoint(tmp_path)
+    assert (final["frames"], final["updates"]) == (200, 150)  # as a run never stopped
 
 
 def test_a_second_signal_aborts_at_once_without_a_checkpoint(tmp_path):
