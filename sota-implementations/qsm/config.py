@@ -22,7 +22,7 @@ import textwrap
 from dataclasses import dataclass, field, fields, is_dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from dm_control import suite
@@ -52,21 +52,19 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "ml
 class Checked:
     """A group of fields whose checks (``__post_init__``) refuse a value naming the fields at fault."""
 
-    group: ClassVar[str] = ""  # the prefix of the group's field names in messages
-
     def require(self, holds: bool, names: str, message: str) -> None:
-        """Unless ``holds``: "<first of names> <message>; got <each of names>=<value>" (dotted names reach into
-        a nested group)."""
+        """Unless ``holds``: "<first of names> <message>; got <each of names>=<value>", each name prefixed by its
+        group's (``QSMConfig``'s field; a dotted name reaches into a nested group)."""
         if not holds:
-            got = ", ".join(f"{self.group}{name}={attrgetter(name)(self)!r}" for name in names.split())
-            raise ValueError(f"{self.group}{names.split()[0]} {message}; got {got}.")
+            group = {schema: f"{name}." for name, schema in groups(QSMConfig).items()}.get(type(self), "")
+            got = ", ".join(f"{group}{name}={attrgetter(name)(self)!r}" for name in names.split())
+            raise ValueError(f"{group}{names.split()[0]} {message}; got {got}.")
 
 
 @dataclass
 class EnvConfig(Checked):
     """The task (or a preset: env=quickstart, ...)"""
 
-    group: ClassVar[str] = "env."
     library: str = "dm_control"  # dm_control | gymnasium (its MuJoCo tasks; pip install -e ".[gymnasium]")
     domain: str = "cheetah"  # a DeepMind Control domain (dm_control.suite), e.g. walker; not used by gymnasium
     task: str = "run"  # a task of that domain, e.g. run; with gymnasium its id, e.g. HalfCheetah-v5
@@ -85,7 +83,6 @@ class EnvConfig(Checked):
 class CollectorConfig(Checked):
     """What collects the frames"""
 
-    group: ClassVar[str] = "collector."
     total_frames: int = 1_000_000  # a multiple of frames_per_batch
     init_random_frames: int = 10_000  # uniformly random actions before the first update
     frames_per_batch: int = 1000  # frames per collector batch; the updates they earn follow each batch
@@ -98,21 +95,17 @@ class CollectorConfig(Checked):
     # false: each worker's batch as it comes, collecting while the learner updates
 
     def __post_init__(self) -> None:
-        self.require(self.total_frames >= 1, "total_frames", "must be >= 1")
-        self.require(self.frames_per_batch >= 1, "frames_per_batch", "must be >= 1")
-        whole = "(a collector always delivers whole batches)"
+        total, batch, whole = self.total_frames, self.frames_per_batch, "(a collector delivers whole batches)"
+        self.require(total >= 1, "total_frames", "must be >= 1")
+        self.require(batch >= 1, "frames_per_batch", "must be >= 1")
+        self.require(batch <= total, "frames_per_batch total_frames", f"must not exceed collector.total_frames {whole}")
         self.require(
-            self.frames_per_batch <= self.total_frames,
-            "frames_per_batch total_frames",
-            f"must not exceed collector.total_frames {whole}",
-        )
-        self.require(
-            self.total_frames % self.frames_per_batch == 0,
+            total % batch == 0,
             "total_frames frames_per_batch",
             f"must be a multiple of collector.frames_per_batch {whole}",
         )
         self.require(
-            0 <= self.init_random_frames <= self.total_frames,
+            0 <= self.init_random_frames <= total,
             "init_random_frames total_frames",
             "must be in [0, collector.total_frames]",
         )
@@ -140,7 +133,6 @@ class CollectorConfig(Checked):
 class RayConfig(Checked):
     """collector.backend=ray (README, "On a cluster")"""
 
-    group: ClassVar[str] = "ray."
     address: str | None = None  # null: start a local Ray in this process, shut down at the end; auto: join the
     # cluster `ray start` runs on this machine; HOST:PORT: join that cluster's head
     num_cpus: int | None = None  # CPUs a local Ray offers (null: all of this machine's); ignored when joining
@@ -157,7 +149,6 @@ class RayConfig(Checked):
 class ReplayBufferConfig(Checked):
     """The replay buffer"""
 
-    group: ClassVar[str] = "replay_buffer."
     size: int = 1_000_000  # transitions kept (oldest replaced first)
     device: str | None = None  # null: the training device
     prefetch: int = 0  # a prefetch thread slows torch ops on small CPUs (benchmarks/README)
@@ -174,7 +165,6 @@ class ReplayBufferConfig(Checked):
 class OptimConfig(Checked):
     """The updates"""
 
-    group: ClassVar[str] = "optim."
     lr: float = 3.0e-4  # Adam, actor and critics
     actor_lr_decay_updates: int = 2_000_000  # cosine decay of the actor lr to 0 over this many updates; 0: none
     batch_size: int = 256  # transitions per update
@@ -201,7 +191,6 @@ class OptimConfig(Checked):
 class NetworkConfig(Checked):
     """The actor's eps-network and the twin critics"""
 
-    group: ClassVar[str] = "network."
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])  # actor and critics; the paper's text
     # says 256x256, the authors' code 512x512
     actor_activation: str = "Mish"  # a torch.nn activation name; Mish is torchrl_qsm.Mish (the authors')
@@ -220,7 +209,6 @@ class NetworkConfig(Checked):
 class DiffusionConfig(Checked):
     """The sampler and the loss (or a preset: diffusion=auto, ...); the library checks them"""
 
-    group: ClassVar[str] = "diffusion."
     num_steps: int = 5  # T, the number of denoising steps
     schedule: str = "vp"  # the noise schedule: vp (the authors') | cosine | linear
     score_target: str = "gradient"  # the eps target: gradient (the paper's -alpha grad_a Q) | q_weighted (the
@@ -250,7 +238,6 @@ class DiffusionConfig(Checked):
 class EvalConfig(Checked):
     """The evaluations (also evaluate.py's)"""
 
-    group: ClassVar[str] = "eval."
     interval: int = 10_000  # frames between evaluations
     episodes: int = 10  # episodes per evaluation, stepped together
     mode: str = "stochastic"  # stochastic: a chain sample without exploration noise (the authors');
@@ -275,7 +262,6 @@ class EvalConfig(Checked):
 class LoggerConfig(Checked):
     """The logger; the results folder is written regardless"""
 
-    group: ClassVar[str] = "logger."
     backend: str | None = "csv"  # csv | tensorboard | wandb | mlflow | "" (none)
     exp_name: str = "qsm"  # the experiment's name in the logger
     project_name: str = "torchrl_qsm"  # wandb's project
@@ -297,7 +283,6 @@ class LoggerConfig(Checked):
 class CompileConfig(Checked):
     """torch.compile"""
 
-    group: ClassVar[str] = "compile."
     compile: bool | None = None  # torch.compile the update. null: on where torch.compile can build it (a C++
     # compiler on CPU, triton on CUDA); it pays for its compile time early (benchmarks/README.md)
     mode: str | None = None  # null: "default" on CPU, "reduce-overhead" on CUDA; max-autotune(-no-cudagraphs):
@@ -314,7 +299,6 @@ class CompileConfig(Checked):
 class CheckpointConfig(Checked):
     """Checkpoints and resuming"""
 
-    group: ClassVar[str] = "checkpoint."
     interval: int = 100_000  # frames between checkpoints (torchrl.checkpoint folders; the newest two are kept)
     save_replay_buffer: bool = True  # the replay buffer in each checkpoint (exact resume; large files)
     resume: str | None = None  # a run folder (its newest checkpoint) or a checkpoint folder to continue from
