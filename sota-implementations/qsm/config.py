@@ -287,8 +287,6 @@ class CompileConfig(Checked):
     # compiler on CPU, triton on CUDA); it pays for its compile time early (benchmarks/README.md)
     mode: str | None = None  # null: "default" on CPU, "reduce-overhead" on CUDA; max-autotune(-no-cudagraphs):
     # CUDA only (with torch 2.13 inductor fails to build the update with it on CPU)
-    recompute_pointwise: bool | None = None  # null: on CPU only (measured there); a compiled backward()
-    # recomputes ReLU masks (the TorchRL baselines' updates; QSM's one-graph update has no separate backward)
     policy: bool = False  # torch.compile the collector's policy (acting; the Collector's compile_policy)
 
     def __post_init__(self) -> None:
