@@ -296,4 +296,5 @@ def test_evaluate_py_names_an_unknown_option():
         text=True,
         timeout=120,
     )
-    assert done.returncode == 1 and "unknown option(s) ['eval.episode']" in done.stderr
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "evaluate.py: Unknown configuration field(s): eval.episode (did you mean eval.episodes?)" in done.stderr

@@ -219,13 +219,13 @@ def compose_config(*overrides: str):
             ["collector.backend=multiprocess", "collector.num_workers=3", "collector.frames_per_batch=1000"],
             "collector.frames_per_batch must be a multiple of the 3 environments that step into each batch",
         ),
-        (
-            ["collector.envs_per_worker=0"],
-            "both must be >= 1; got collector.num_workers=1, collector.envs_per_worker=0",
-        ),
+        (["collector.envs_per_worker=0"], "collector.envs_per_worker must be >= 1; got collector.envs_per_worker=0"),
+        (["collector.frames_per_batch=0"], "collector.frames_per_batch must be >= 1; got collector.frames_per_batch=0"),
+        (["ray.cpus_per_worker=-1"], r"ray.cpus_per_worker must be >= 0; got ray.cpus_per_worker=-1.0"),
+        (["eval.best_of_n=4", "eval.mode=deterministic"], "eval.best_of_n > 1 .* use eval.mode=stochastic"),
         (["optim.fp32_matmuls=fast"], r"optim.fp32_matmuls must be one of \['auto', 'default', 'mkl', 'onednn'"),
         (["compile.mode=fastest"], r"compile.mode must be null or one of \['default', 'reduce-overhead'"),
-        (["device=cpu", "compile.mode=max-autotune"], "compile.mode='max-autotune' on CPU: .* use compile.mode=null"),
+        (["device=cpu", "compile.mode=max-autotune"], "compile.mode on CPU: .* use compile.mode=null.*'max-autotune'"),
         (["device=cpu", "compile.compile=true", "compile.mode=max-autotune-no-cudagraphs"], "on CPU"),
     ],
 )
@@ -303,7 +303,7 @@ def test_combined_presets_give_what_the_docs_say(overrides, alpha, normalize_gra
 
 
 def test_the_faithful_preset_states_the_library_defaults():
-    # each default lives in the library; the preset writes the same values out for users to read
+    # each default lives in the library; the schema (DiffusionConfig) writes the same values out for users to read
     import inspect
 
     from torchrl_qsm import DiffusionActor, EpsilonNetwork, QSMLoss

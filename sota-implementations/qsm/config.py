@@ -1,27 +1,33 @@
-"""The training script's configuration: its schema (every field and its type), the checks the library
-cannot make, and what a resumed run may change.
+"""The training script's configuration, one source per field, and what a resumed run may change.
 
-The values live in config.yaml and the presets under diffusion/ and env/; this module holds no
-defaults. Hydra checks each field's type against the schema (``optim.batch_size=abc`` fails naming
-the field); :func:`validate_config` refuses fields the schema does not have (a ``+key`` that nothing
-would read) and values out of range, before anything is built.
+Each group of fields is a dataclass (CleanRL's ``Args``, as Hydra structured configs): each field's default and
+type, its meaning in the comment after it (``qsm.py --help`` prints them), and its checks in ``__post_init__``,
+next to the fields. config.yaml only chooses the presets (diffusion/, env/) and sets Hydra's own options. Hydra
+checks each field's type as it composes (``optim.batch_size=abc`` fails naming the field); :func:`validate_config`
+refuses fields the schema does not have (a ``+key`` that nothing would read) and runs the checks
+(``OmegaConf.to_object``), before anything is built.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
+import json
 import math
 import os
+import re
 import socket
+import textwrap
 from dataclasses import dataclass, field, fields, is_dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import torch
 from dm_control import suite
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, MISSING, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from torchrl_qsm import Mish
@@ -33,121 +39,276 @@ FP32_MATMULS = dict.fromkeys(["auto", "default", *(path.name for paths in PATHS.
 # authors' JAX code"), so they are refused there.
 COMPILE_MODES = dict.fromkeys(["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
 CPU_COMPILE_MODES = dict.fromkeys(["default", "reduce-overhead"])
+# Names accepted by network.actor_activation / critic_activation: torch.nn's activations, with
+# "Mish" meaning torchrl_qsm.Mish (torch's mish, in one-exponential form on CPU tensors).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    name: getattr(nn, name) for name in ("ReLU", "SiLU", "Tanh", "ELU", "GELU", "LeakyReLU", "Softplus")
+} | {"Mish": Mish}
+COLLECTOR_BACKENDS = dict.fromkeys(["local", "multiprocess", "ray"])
+# logger.backend -> the package it needs, installed by the extra of the same name (pyproject.toml)
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+class Checked:
+    """A group of fields whose checks (``__post_init__``) refuse a value naming the fields at fault."""
+
+    def require(self, holds: bool, names: str, message: str) -> None:
+        """Unless ``holds``: "<first of names> <message>; got <each of names>=<value>", each name prefixed by its
+        group's (``QSMConfig``'s field; a dotted name reaches into a nested group)."""
+        if not holds:
+            group = {schema: f"{name}." for name, schema in groups(QSMConfig).items()}.get(type(self), "")
+            got = ", ".join(f"{group}{name}={attrgetter(name)(self)!r}" for name in names.split())
+            raise ValueError(f"{group}{names.split()[0]} {message}; got {got}.")
 
 
 @dataclass
-class EnvConfig:
-    library: str = MISSING
-    domain: str = MISSING
-    task: str = MISSING
-    seed: int = MISSING
-    max_episode_steps: int = MISSING
-    frame_skip: int = MISSING
+class EnvConfig(Checked):
+    """The task (or a preset: env=quickstart, ...)"""
+
+    library: str = "dm_control"  # dm_control | gymnasium (its MuJoCo tasks; pip install -e ".[gymnasium]")
+    domain: str = "cheetah"  # a DeepMind Control domain (dm_control.suite), e.g. walker; not used by gymnasium
+    task: str = "run"  # a task of that domain, e.g. run; with gymnasium its id, e.g. HalfCheetah-v5
+    seed: int = 0  # seeds torch, numpy, the environments and the evaluation's environments
+    max_episode_steps: int = 1000  # DMC episodes end (truncate) at 1000 steps
+    frame_skip: int = 1  # action repeat; the paper uses none
+
+    def __post_init__(self) -> None:
+        check_task(self)
+        self.require(self.seed >= 0, "seed", "must be >= 0")
+        self.require(self.max_episode_steps >= 1, "max_episode_steps", "must be >= 1")
+        self.require(self.frame_skip >= 1, "frame_skip", "must be >= 1")
 
 
 @dataclass
-class CollectorConfig:
-    total_frames: int = MISSING
-    init_random_frames: int = MISSING
-    frames_per_batch: int = MISSING
-    backend: str = MISSING
-    num_workers: int = MISSING
-    envs_per_worker: int = MISSING
-    sync: bool = MISSING
+class CollectorConfig(Checked):
+    """What collects the frames"""
+
+    total_frames: int = 1_000_000  # a multiple of frames_per_batch
+    init_random_frames: int = 10_000  # uniformly random actions before the first update
+    frames_per_batch: int = 1000  # frames per collector batch; the updates they earn follow each batch
+    backend: str = "local"  # local: one collector in this process (TorchRL's Collector); multiprocess:
+    # num_workers env processes (MultiSyncCollector / MultiAsyncCollector); ray: num_workers Ray actors, on this
+    # machine or a cluster (RayCollector; pip install -e ".[ray]")
+    num_workers: int = 1  # worker processes of multiprocess and ray (local: 1)
+    envs_per_worker: int = 1  # environments each worker steps together (a SerialEnv: one policy call for all)
+    sync: bool = True  # true: each batch holds every worker's share, collected with the latest weights;
+    # false: each worker's batch as it comes, collecting while the learner updates
+
+    def __post_init__(self) -> None:
+        total, batch, whole = self.total_frames, self.frames_per_batch, "(a collector delivers whole batches)"
+        self.require(total >= 1, "total_frames", "must be >= 1")
+        self.require(batch >= 1, "frames_per_batch", "must be >= 1")
+        self.require(batch <= total, "frames_per_batch total_frames", f"must not exceed collector.total_frames {whole}")
+        self.require(
+            total % batch == 0,
+            "total_frames frames_per_batch",
+            f"must be a multiple of collector.frames_per_batch {whole}",
+        )
+        self.require(
+            0 <= self.init_random_frames <= total,
+            "init_random_frames total_frames",
+            "must be in [0, collector.total_frames]",
+        )
+        self.require(self.backend in COLLECTOR_BACKENDS, "backend", f"must be one of {list(COLLECTOR_BACKENDS)}")
+        self.require(self.num_workers >= 1, "num_workers", "must be >= 1")
+        self.require(self.envs_per_worker >= 1, "envs_per_worker", "must be >= 1")
+        self.require(
+            self.backend != "local" or self.num_workers == 1,
+            "num_workers backend",
+            "must be 1: collector.backend=local runs one collector in this process; for more workers choose "
+            "collector.backend=multiprocess or ray",
+        )
+        # the frames one step of the collection adds to a batch: every worker's environments when the batch
+        # gathers all workers (sync), one worker's when it is one worker's (async, local)
+        step = self.envs_per_worker * (self.num_workers if self.sync and self.backend != "local" else 1)
+        self.require(
+            self.frames_per_batch % step == 0,
+            "frames_per_batch num_workers envs_per_worker sync",
+            f"must be a multiple of the {step} environments that step into each batch (sync: every worker's; "
+            "async: one worker's)",
+        )
 
 
 @dataclass
-class RayConfig:
-    address: str | None = MISSING
-    num_cpus: int | None = MISSING
-    cpus_per_worker: float = MISSING
-    gpus_per_worker: float = MISSING
+class RayConfig(Checked):
+    """collector.backend=ray (README, "On a cluster")"""
+
+    address: str | None = None  # null: start a local Ray in this process, shut down at the end; auto: join the
+    # cluster `ray start` runs on this machine; HOST:PORT: join that cluster's head
+    num_cpus: int | None = None  # CPUs a local Ray offers (null: all of this machine's); ignored when joining
+    cpus_per_worker: float = 1.0  # Ray resources each worker reserves
+    gpus_per_worker: float = 0.0  # > 0: the workers act on their GPU
+
+    def __post_init__(self) -> None:
+        self.require(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", "must be >= 1 or null")
+        self.require(self.cpus_per_worker >= 0, "cpus_per_worker", "must be >= 0")
+        self.require(self.gpus_per_worker >= 0, "gpus_per_worker", "must be >= 0")
 
 
 @dataclass
-class ReplayBufferConfig:
-    size: int = MISSING
-    device: str | None = MISSING
-    prefetch: int = MISSING
-    prb: bool = MISSING
+class ReplayBufferConfig(Checked):
+    """The replay buffer"""
+
+    size: int = 1_000_000  # transitions kept (oldest replaced first)
+    device: str | None = None  # null: the training device
+    prefetch: int = 0  # a prefetch thread slows torch ops on small CPUs (benchmarks/README)
+    prb: bool = False  # prioritized replay (alpha 0.7, beta 0.5)
+
+    def __post_init__(self) -> None:
+        self.require(self.size >= 1, "size", "must be >= 1")
+        self.require(self.prefetch >= 0, "prefetch", "must be >= 0")
+        if self.device is not None:
+            resolve_device(self.device, "replay_buffer.device")
 
 
 @dataclass
-class OptimConfig:
-    lr: float = MISSING
-    actor_lr_decay_updates: int = MISSING
-    batch_size: int = MISSING
-    utd_ratio: float = MISSING
-    gamma: float = MISSING
-    tau: float = MISSING
-    fused_adam: bool = MISSING
-    bf16_matmuls: bool = MISSING
-    fp32_matmuls: str = MISSING
+class OptimConfig(Checked):
+    """The updates"""
+
+    lr: float = 3.0e-4  # Adam, actor and critics
+    actor_lr_decay_updates: int = 2_000_000  # cosine decay of the actor lr to 0 over this many updates; 0: none
+    batch_size: int = 256  # transitions per update
+    utd_ratio: float = 1.0  # updates per collected frame
+    gamma: float = 0.99  # the discount
+    tau: float = 0.005  # target critics: theta' <- tau theta + (1 - tau) theta'
+    fused_adam: bool = True  # one fused kernel per optimizer step (same numbers as the loop version)
+    bf16_matmuls: bool = False  # matmuls in bfloat16 under autocast (schedule, losses, optimizer in fp32)
+    fp32_matmuls: str = "default"  # default: torch's own fp32 matmul path (repeatable); auto: the fastest path
+    # proven as accurate at start (torchrl_qsm.kernels, printed and written into the run's config); mkl | onednn
+    # pins one
+
+    def __post_init__(self) -> None:
+        self.require(math.isfinite(self.lr) and self.lr > 0, "lr", "must be finite and > 0")
+        self.require(self.actor_lr_decay_updates >= 0, "actor_lr_decay_updates", "must be >= 0 (0: no decay)")
+        self.require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self.require(math.isfinite(self.utd_ratio) and self.utd_ratio > 0, "utd_ratio", "must be finite and > 0")
+        self.require(0 < self.gamma <= 1, "gamma", "(the discount) must be in (0, 1]")
+        self.require(0 < self.tau <= 1, "tau", "(the target critics' step) must be in (0, 1]")
+        self.require(self.fp32_matmuls in FP32_MATMULS, "fp32_matmuls", f"must be one of {list(FP32_MATMULS)}")
 
 
 @dataclass
-class NetworkConfig:
-    hidden_sizes: list[int] = MISSING
-    actor_activation: str = MISSING
-    critic_activation: str = MISSING
-    layer_norm: bool = MISSING
-    time_embedding: str = MISSING
+class NetworkConfig(Checked):
+    """The actor's eps-network and the twin critics"""
+
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])  # actor and critics; the paper's text
+    # says 256x256, the authors' code 512x512
+    actor_activation: str = "Mish"  # a torch.nn activation name; Mish is torchrl_qsm.Mish (the authors')
+    critic_activation: str = "ReLU"  # a torch.nn activation name for the twin critics
+    layer_norm: bool = False  # LayerNorm before each hidden activation of the eps-network
+    time_embedding: str = "fourier"  # fourier (learnable, the authors') | sinusoidal
+
+    def __post_init__(self) -> None:
+        sizes = self.hidden_sizes
+        self.require(len(sizes) >= 1 and min(sizes) >= 1, "hidden_sizes", "must be one or more widths >= 1")
+        for name in ("actor_activation", "critic_activation"):
+            self.require(getattr(self, name) in ACTIVATIONS, name, f"must be one of {sorted(ACTIVATIONS)}")
 
 
 @dataclass
-class DiffusionConfig:
-    num_steps: int = MISSING
-    schedule: str = MISSING
-    score_target: str = MISSING
-    alpha: Any = MISSING  # a number or "auto"
-    alpha_curvature: float = MISSING
-    num_candidates: int = MISSING
-    target_spread: float = MISSING
-    alpha_init: float = MISSING
-    alpha_lr: float = MISSING
-    temperature: float = MISSING
-    exploration_std: float = MISSING
-    policy_noise: float = MISSING
-    grad_at: str = MISSING
-    critic_reduction: str = MISSING
-    normalize_grad: bool = MISSING
+class DiffusionConfig(Checked):
+    """The sampler and the loss (or a preset: diffusion=auto, ...); the library checks them"""
+
+    num_steps: int = 5  # T, the number of denoising steps
+    schedule: str = "vp"  # the noise schedule: vp (the authors') | cosine | linear
+    score_target: str = "gradient"  # the eps target: gradient (the paper's -alpha grad_a Q) | q_weighted (the
+    # posterior noise of pi ~ exp(alpha Q) on the box, diffusion=consistent) | scaled_gradient (-sigma_t alpha
+    # grad_a Q)
+    alpha: Any = 50.0  # the inverse temperature of pi ~ exp(alpha Q), the scale of grad_a Q (the authors' M_q);
+    # auto: gradient: set from the critic's curvature (diffusion=auto); q_weighted: learned
+    alpha_curvature: float = 1.5  # gradient, alpha=auto: holds alpha x the critic's action curvature at this value
+    num_candidates: int = 16  # q_weighted: K noise candidates per sample, each one critic evaluation
+    target_spread: float = 0.1  # q_weighted, alpha=auto: the policy's spread (std in the [-1, 1] box) alpha is
+    # learned to hold
+    alpha_init: float = 1.0  # q_weighted, alpha=auto: the first alpha
+    alpha_lr: float = 1.0e-3  # q_weighted, alpha=auto: Adam's learning rate for log_alpha
+    temperature: float = 1.0  # scale of the chain's injected noise
+    exploration_std: float = 0.1  # N(0, 0.1^2) added to collected actions, clipped to the bounds
+    policy_noise: float = 0.1  # smoothing noise on the next action of the TD target
+    grad_at: str = "noised"  # noised (the authors') | clean (Algorithm 1 as written)
+    critic_reduction: str = "mean"  # mean | min over the two critics for grad_a Q
+    normalize_grad: bool = False  # true: the eps target is -alpha * g / mean|g| (diffusion=robust)
+
+    def __post_init__(self) -> None:  # (the library checks the others when it builds the actor and the loss)
+        std = self.exploration_std
+        self.require(math.isfinite(std) and std >= 0, "exploration_std", "must be finite and >= 0")
 
 
 @dataclass
-class EvalConfig:
-    interval: int = MISSING
-    episodes: int = MISSING
-    mode: str = MISSING
-    best_of_n: int = MISSING
-    video: bool = MISSING
+class EvalConfig(Checked):
+    """The evaluations (also evaluate.py's)"""
+
+    interval: int = 10_000  # frames between evaluations
+    episodes: int = 10  # episodes per evaluation, stepped together
+    mode: str = "stochastic"  # stochastic: a chain sample without exploration noise (the authors');
+    # deterministic: zero latent
+    best_of_n: int = 1  # N > 1: also evaluate the best of N chain samples as the critics rank them
+    # (eval_best_of_n_* in returns.csv, next to the plain evaluation); 1: off
+    video: bool = False  # needs MuJoCo offscreen rendering (MUJOCO_GL=egl or osmesa)
+
+    def __post_init__(self) -> None:
+        self.require(self.interval >= 1, "interval", "must be >= 1")
+        self.require(self.episodes >= 1, "episodes", "must be >= 1")
+        self.require(self.mode in ("stochastic", "deterministic"), "mode", "must be 'stochastic' or 'deterministic'")
+        self.require(self.best_of_n >= 1, "best_of_n", "must be >= 1 (1: no best-of-N evaluation)")
+        self.require(
+            self.best_of_n == 1 or self.mode == "stochastic",
+            "best_of_n mode",
+            "> 1 ranks N chain samples, which eval.mode=deterministic makes one sample: use eval.mode=stochastic",
+        )
 
 
 @dataclass
-class LoggerConfig:
-    backend: str | None = MISSING
-    exp_name: str = MISSING
-    project_name: str = MISSING
-    mode: str = MISSING
-    video_format: str = MISSING
+class LoggerConfig(Checked):
+    """The logger; the results folder is written regardless"""
+
+    backend: str | None = "csv"  # csv | tensorboard | wandb | mlflow | "" (none)
+    exp_name: str = "qsm"  # the experiment's name in the logger
+    project_name: str = "torchrl_qsm"  # wandb's project
+    mode: str = "online"  # wandb's mode: online | offline | disabled
+    video_format: str = "mp4"  # eval videos: mp4 (needs torchcodec) | pt
+
+    def __post_init__(self) -> None:
+        backends = ["csv", *LOGGER_PACKAGES]
+        self.require(not self.backend or self.backend in backends, "backend", f"must be one of {backends} or empty")
+        package = LOGGER_PACKAGES.get(self.backend or "")
+        if package and importlib.util.find_spec(package) is None:
+            raise ValueError(
+                f"logger.backend={self.backend!r} needs the {package} package, which is not installed: "
+                f'pip install -e ".[{self.backend}]" (or choose logger.backend=csv).'
+            )
 
 
 @dataclass
-class CompileConfig:
-    compile: bool | None = MISSING
-    mode: str | None = MISSING
-    recompute_pointwise: bool | None = MISSING
-    policy: bool = MISSING
+class CompileConfig(Checked):
+    """torch.compile"""
+
+    compile: bool | None = None  # torch.compile the update. null: on where torch.compile can build it (a C++
+    # compiler on CPU, triton on CUDA); it pays for its compile time early (benchmarks/README.md)
+    mode: str | None = None  # null: "default" on CPU, "reduce-overhead" on CUDA; max-autotune(-no-cudagraphs):
+    # CUDA only (with torch 2.13 inductor fails to build the update with it on CPU)
+    policy: bool = False  # torch.compile the collector's policy (acting; the Collector's compile_policy)
+
+    def __post_init__(self) -> None:
+        self.require(self.mode in (None, *COMPILE_MODES), "mode", f"must be null or one of {list(COMPILE_MODES)}")
 
 
 @dataclass
-class CheckpointConfig:
-    interval: int = MISSING
-    save_replay_buffer: bool = MISSING
-    resume: str | None = MISSING
+class CheckpointConfig(Checked):
+    """Checkpoints and resuming"""
+
+    interval: int = 100_000  # frames between checkpoints (torchrl.checkpoint folders; the newest two are kept)
+    save_replay_buffer: bool = True  # the replay buffer in each checkpoint (exact resume; large files)
+    resume: str | None = None  # a run folder (its newest checkpoint) or a checkpoint folder to continue from
+
+    def __post_init__(self) -> None:
+        self.require(self.interval >= 1, "interval", "(frames between checkpoints) must be >= 1")
 
 
 @dataclass
-class QSMConfig:
+class QSMConfig(Checked):
+    """qsm.py's configuration; the checks across groups follow each group's own"""
+
     env: EnvConfig = field(default_factory=EnvConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -158,20 +319,24 @@ class QSMConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
-    device: str = MISSING
+    device: str = "auto"  # auto: cuda if available, else cpu
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
+    def __post_init__(self) -> None:
+        fits = self.optim.batch_size <= self.replay_buffer.size
+        self.require(fits, "optim.batch_size replay_buffer.size", "must not exceed replay_buffer.size")
+        if self.collector.backend == "ray":
+            check_ray(self.ray)
+        mode = self.compile.mode
+        if resolve_device(self.device).type == "cpu" and self.compile.compile is not False:
+            self.require(
+                mode in (None, *CPU_COMPILE_MODES),
+                "compile.mode",
+                "on CPU: inductor's C++ GEMM templates, which this mode autotunes, fail to build the QSM update with "
+                "torch 2.13 (an AssertionError in cpp_gemm_template at the first compiled update), and in a first "
+                "look they were no faster than MKL; use compile.mode=null (or default)",
+            )
 
-ConfigStore.instance().store(name="qsm_schema", node=QSMConfig)
-
-# Names accepted by network.actor_activation / critic_activation: torch.nn's activations, with
-# "Mish" meaning torchrl_qsm.Mish (torch's mish, in one-exponential form on CPU tensors).
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    name: getattr(nn, name) for name in ("ReLU", "SiLU", "Tanh", "ELU", "GELU", "LeakyReLU", "Softplus")
-} | {"Mish": Mish}
-COLLECTOR_BACKENDS = dict.fromkeys(["local", "multiprocess", "ray"])
-# logger.backend -> the package it needs, installed by the extra of the same name (pyproject.toml)
-LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 # Fields a resumed run must keep: the shapes of the networks, the replay buffer and the data, and
 # what the saved weights mean; and diffusion.alpha between auto and a number (_structural). Every
@@ -191,19 +356,6 @@ STRUCTURAL_FIELDS = (
 )
 
 
-def check_compile_mode(compile_cfg: DictConfig, device: torch.device) -> None:
-    """``compile.mode`` is one of torch.compile's modes, and on CPU one that builds the update."""
-    mode = compile_cfg.mode
-    if mode is not None and mode not in COMPILE_MODES:
-        raise ValueError(f"compile.mode must be null or one of {list(COMPILE_MODES)}; got compile.mode={mode!r}.")
-    if device.type == "cpu" and compile_cfg.compile is not False and mode not in (None, *CPU_COMPILE_MODES):
-        raise ValueError(
-            f"compile.mode={mode!r} on CPU: inductor's C++ GEMM templates, which this mode autotunes, fail to build "
-            "the QSM update with torch 2.13 (an AssertionError in cpp_gemm_template at the first compiled update), "
-            "and in a first look they were no faster than MKL; use compile.mode=null (or default)."
-        )
-
-
 def resolve_device(name: str, field_name: str = "device") -> torch.device:
     """``auto`` -> cuda if available else cpu; an explicit device must exist."""
     if name == "auto":
@@ -218,193 +370,43 @@ def resolve_device(name: str, field_name: str = "device") -> torch.device:
     return device
 
 
-def unknown_fields(cfg: DictConfig, schema: type = QSMConfig, prefix: str = "") -> list[str]:
-    """Dotted names of the fields of ``cfg`` that ``schema`` does not have (``hydra`` excluded)."""
-    known = {f.name: f.type for f in fields(schema)}
-    nested = {f.name: f.default_factory for f in fields(schema) if f.default_factory is not MISSING}
-    out = []
-    for key in cfg.keys():
-        if prefix == "" and key == "hydra":
-            continue
-        if key not in known:
-            out.append(prefix + str(key))
-        elif key in nested and is_dataclass(nested[key]):
-            out += unknown_fields(cfg[key], nested[key], f"{prefix}{key}.")
-    return out
+def groups(schema: type) -> dict[str, type]:
+    """The fields of ``schema`` that are groups of fields (dataclasses), by name."""
+    return {f.name: f.default_factory for f in fields(schema) if is_dataclass(f.default_factory)}
 
 
 def schema_fields(schema: type = QSMConfig, prefix: str = "") -> list[str]:
-    out = []
-    for f in fields(schema):
-        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
-            out += schema_fields(f.default_factory, f"{prefix}{f.name}.")
-        else:
-            out.append(prefix + f.name)
-    return out
+    """The dotted name of every field of ``schema``."""
+    nested = groups(schema)
+    return [
+        name
+        for f in fields(schema)
+        for name in (schema_fields(nested[f.name], f"{prefix}{f.name}.") if f.name in nested else [prefix + f.name])
+    ]
 
 
-def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> None:
-    """Fails before anything is built, naming the field at fault and what would be right.
+def validate_config(cfg: DictConfig, schema: type = QSMConfig) -> Any:
+    """Fails before anything is built, naming the field at fault and what would be right; returns the checked
+    ``schema`` object (``cfg`` stays as it is, a DictConfig the run may still change).
 
     The library checks its own arguments (alpha, T, the schedule, noise scales) when the actor and
-    the loss are built; this checks what only the script knows.
+    the loss are built; the checks here are what only the script knows.
     """
-    extra = unknown_fields(cfg, schema)
+    known = schema_fields(schema)
+    extra = [name for name in flatten(OmegaConf.to_container(cfg)) if name not in known]
     if extra:
         hints = []
         for name in extra:
-            close = difflib.get_close_matches(name, schema_fields(schema), n=1)
+            close = difflib.get_close_matches(name, known, n=1)
             hints.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
         raise ValueError(
             f"Unknown configuration field(s): {', '.join(hints)}. Nothing reads them, so they would be ignored; "
-            "remove them (the fields are listed in config.yaml)."
+            "remove them (--help lists the fields)."
         )
-    check_task(cfg.env)
-    c, o, n = cfg.collector, cfg.optim, cfg.network
-    checks = [  # (holds, the fields at fault, what must hold)
-        (cfg.env.seed >= 0, ["env.seed"], "env.seed must be >= 0"),
-        (cfg.env.max_episode_steps >= 1, ["env.max_episode_steps"], "env.max_episode_steps must be >= 1"),
-        (cfg.env.frame_skip >= 1, ["env.frame_skip"], "env.frame_skip must be >= 1"),
-        (
-            c.frames_per_batch >= 1 and c.total_frames >= 1,
-            ["collector.frames_per_batch", "collector.total_frames"],
-            "both must be >= 1",
-        ),
-        (
-            c.frames_per_batch <= c.total_frames,
-            ["collector.frames_per_batch", "collector.total_frames"],
-            "collector.frames_per_batch must not exceed collector.total_frames "
-            "(a collector always delivers whole batches)",
-        ),
-        (
-            c.total_frames % c.frames_per_batch == 0,
-            ["collector.total_frames", "collector.frames_per_batch"],
-            "collector.total_frames must be a multiple of collector.frames_per_batch "
-            "(whole batches; the collector would round it up)",
-        ),
-        (
-            0 <= c.init_random_frames <= c.total_frames,
-            ["collector.init_random_frames", "collector.total_frames"],
-            "collector.init_random_frames must be in [0, collector.total_frames]",
-        ),
-        (
-            c.backend in COLLECTOR_BACKENDS,
-            ["collector.backend"],
-            f"collector.backend must be one of {list(COLLECTOR_BACKENDS)}",
-        ),
-        (
-            c.num_workers >= 1 and c.envs_per_worker >= 1,
-            ["collector.num_workers", "collector.envs_per_worker"],
-            "both must be >= 1",
-        ),
-        (
-            c.backend != "local" or c.num_workers == 1,
-            ["collector.num_workers", "collector.backend"],
-            "collector.backend=local runs one collector in this process; for more workers choose "
-            "collector.backend=multiprocess or ray",
-        ),
-        (
-            c.frames_per_batch % max(frames_per_step(cfg), 1) == 0,  # (0 workers: refused above)
-            ["collector.frames_per_batch", "collector.num_workers", "collector.envs_per_worker", "collector.sync"],
-            f"collector.frames_per_batch must be a multiple of the {frames_per_step(cfg)} environments that step "
-            "into each batch (sync: every worker's; async: one worker's)",
-        ),
-        (
-            cfg.ray.cpus_per_worker >= 0 and cfg.ray.gpus_per_worker >= 0 and (cfg.ray.num_cpus or 1) >= 1,
-            ["ray.cpus_per_worker", "ray.gpus_per_worker", "ray.num_cpus"],
-            "Ray resources must be >= 0 (ray.num_cpus >= 1 or null)",
-        ),
-        (cfg.replay_buffer.size >= 1, ["replay_buffer.size"], "replay_buffer.size must be >= 1"),
-        (cfg.replay_buffer.prefetch >= 0, ["replay_buffer.prefetch"], "replay_buffer.prefetch must be >= 0"),
-        (o.batch_size >= 1, ["optim.batch_size"], "optim.batch_size must be >= 1"),
-        (
-            o.batch_size <= cfg.replay_buffer.size,
-            ["optim.batch_size", "replay_buffer.size"],
-            "optim.batch_size must not exceed replay_buffer.size",
-        ),
-        (math.isfinite(o.lr) and o.lr > 0, ["optim.lr"], "optim.lr must be finite and > 0"),
-        (
-            math.isfinite(o.utd_ratio) and o.utd_ratio > 0,
-            ["optim.utd_ratio"],
-            "optim.utd_ratio (updates per frame) must be finite and > 0",
-        ),
-        (0 < o.gamma <= 1, ["optim.gamma"], "optim.gamma (the discount) must be in (0, 1]"),
-        (0 < o.tau <= 1, ["optim.tau"], "optim.tau (the target critics' step) must be in (0, 1]"),
-        (
-            o.fp32_matmuls in FP32_MATMULS,
-            ["optim.fp32_matmuls"],
-            f"optim.fp32_matmuls must be one of {list(FP32_MATMULS)}",
-        ),
-        (
-            o.actor_lr_decay_updates >= 0,
-            ["optim.actor_lr_decay_updates"],
-            "optim.actor_lr_decay_updates must be >= 0 (0: no decay)",
-        ),
-        (
-            len(n.hidden_sizes) >= 1 and min(n.hidden_sizes) >= 1,
-            ["network.hidden_sizes"],
-            "network.hidden_sizes needs at least one width >= 1",
-        ),
-        (
-            n.actor_activation in ACTIVATIONS,
-            ["network.actor_activation"],
-            f"network.actor_activation must be one of {sorted(ACTIVATIONS)}",
-        ),
-        (
-            n.critic_activation in ACTIVATIONS,
-            ["network.critic_activation"],
-            f"network.critic_activation must be one of {sorted(ACTIVATIONS)}",
-        ),
-        (
-            math.isfinite(cfg.diffusion.exploration_std) and cfg.diffusion.exploration_std >= 0,
-            ["diffusion.exploration_std"],
-            "diffusion.exploration_std must be finite and >= 0",
-        ),
-        (
-            cfg.eval.mode in ("stochastic", "deterministic"),
-            ["eval.mode"],
-            "eval.mode must be 'stochastic' or 'deterministic'",
-        ),
-        (
-            cfg.eval.interval >= 1 and cfg.eval.episodes >= 1,
-            ["eval.interval", "eval.episodes"],
-            "eval.interval and eval.episodes must be >= 1",
-        ),
-        (cfg.eval.best_of_n >= 1, ["eval.best_of_n"], "eval.best_of_n must be >= 1 (1: no best-of-N evaluation)"),
-        (
-            cfg.eval.best_of_n == 1 or cfg.eval.mode == "stochastic",
-            ["eval.best_of_n", "eval.mode"],
-            "eval.best_of_n > 1 ranks N chain samples, which eval.mode=deterministic makes one sample: "
-            "use eval.mode=stochastic",
-        ),
-        (
-            cfg.checkpoint.interval >= 1,
-            ["checkpoint.interval"],
-            "checkpoint.interval (frames between checkpoints) must be >= 1",
-        ),
-        (
-            not cfg.logger.backend or cfg.logger.backend in ("csv", *LOGGER_PACKAGES),
-            ["logger.backend"],
-            f"logger.backend must be one of {['csv', *LOGGER_PACKAGES]} or empty",
-        ),
-    ]
-    for holds, names, message in checks:
-        if not holds:
-            raise ValueError(f"{message}; got {', '.join(f'{f}={OmegaConf.select(cfg, f)!r}' for f in names)}.")
-    package = LOGGER_PACKAGES.get(cfg.logger.backend or "")
-    if package and importlib.util.find_spec(package) is None:
-        raise ValueError(
-            f"logger.backend={cfg.logger.backend!r} needs the {package} package, which is not installed: "
-            f'pip install -e ".[{cfg.logger.backend}]" (or choose logger.backend=csv).'
-        )
-    if c.backend == "ray":
-        check_ray(cfg.ray)
-    check_compile_mode(cfg.compile, resolve_device(cfg.device))
-    if cfg.replay_buffer.device is not None:
-        resolve_device(cfg.replay_buffer.device, "replay_buffer.device")
+    return OmegaConf.to_object(OmegaConf.merge(schema, cfg))
 
 
-def check_task(env: DictConfig) -> None:
+def check_task(env: EnvConfig) -> None:
     """``env.library`` is known and has the task: a DMC ``env.domain``/``env.task``, or a Gymnasium id ``env.task``."""
     if env.library == "dm_control":
         if (env.domain, env.task) not in suite.ALL_TASKS:
@@ -432,15 +434,41 @@ def check_task(env: DictConfig) -> None:
         )
 
 
-def options_help() -> str:
-    """``qsm.py --help``: config.yaml as written (each field with its comment) and each preset's first comment.
+def field_docs(schema: type) -> dict[str, str]:
+    """Each field's comment in ``schema``'s source: the one after the field and the comment lines under it."""
+    docs: dict[str, str] = {}
+    name = None
+    for line in inspect.getsource(schema).splitlines():
+        if match := re.fullmatch(r"    (\w+): [^#]*#\s*(.*)", line):
+            name, docs[match[1]] = match[1], match[2]
+        elif name and (match := re.fullmatch(r"    # (.*)", line)):
+            docs[name] += " " + match[1]
+        else:
+            name = None
+    return docs
 
-    Hydra's own page prints the composed config without its comments; this text goes into its help template
+
+def describe(schema: type, values: dict | None = None, indent: str = "") -> list[str]:
+    """``schema``'s fields as ``name: default  # comment`` (or ``values``), a group's fields indented under it."""
+    values = OmegaConf.to_container(OmegaConf.structured(schema)) if values is None else values
+    docs, nested, lines = field_docs(schema), groups(schema), []
+    for name, value in values.items():
+        if name in nested:
+            doc = docs.get(name) or nested[name].__doc__
+            lines += [f"{indent}{name}:  # {doc}", *describe(nested[name], value, indent + "  ")]
+        else:
+            text = f"{indent}{name}: {value if isinstance(value, str) else json.dumps(value)}"
+            lines.append(f"{text:<32}  # " + f"\n{' ' * 34}# ".join(textwrap.wrap(docs[name], 84)))
+    return lines
+
+
+def options_help() -> str:
+    """``qsm.py --help``: every field with its default and its comment, and each preset's first sentence.
+
+    Hydra's own page prints the composed config without comments; this text goes into its help template
     (``hydra.help.template``), so ``$`` is doubled for ``string.Template``.
     """
     folder = Path(__file__).parent
-    config = (folder / "config.yaml").read_text()
-    config = config[: config.index("\nhydra:")]  # the options; Hydra's own are under --hydra-help
     presets = []
     for group in ("diffusion", "env"):
         for path in sorted((folder / group).glob("*.yaml")):
@@ -453,20 +481,11 @@ def options_help() -> str:
         "  e.g. python sota-implementations/qsm/qsm.py env=quickstart\n"
         "       python sota-implementations/qsm/qsm.py env.domain=walker env.task=run diffusion.alpha=80\n\n"
         "Presets (a config group each):\n" + "\n".join(presets) + "\n\n"
-        "Options (config.yaml; every field can be set on the command line):\n\n" + config + "\n\n"
-        "diffusion: (the default preset, diffusion/faithful.yaml)\n"
-        + "".join(f"  {line}\n" for line in (folder / "diffusion" / "faithful.yaml").read_text().splitlines()[2:])
-        + "\n"
-        "Hydra's own options: --hydra-help. Configuration as composed: --cfg job.\n"
+        "Options (config.py; every field can be set on the command line; the defaults are the authors' recipe):\n\n"
+        + "\n".join(describe(QSMConfig))
+        + "\n\nHydra's own options: --hydra-help. Configuration as composed: --cfg job.\n"
     )
     return text.replace("$", "$$")
-
-
-def frames_per_step(cfg: DictConfig) -> int:
-    """Frames one step of the collection adds to a batch: every worker's environments when the batch
-    gathers all workers (sync), one worker's when it is one worker's (async, local)."""
-    c = cfg.collector
-    return c.envs_per_worker * (c.num_workers if c.sync and c.backend != "local" else 1)
 
 
 def ray_token_refused(address: str | None, reason: str) -> str:
@@ -481,7 +500,7 @@ def ray_token_refused(address: str | None, reason: str) -> str:
     )
 
 
-def check_ray(ray_cfg: DictConfig, timeout: float = 5.0) -> None:
+def check_ray(ray_cfg: RayConfig | DictConfig, timeout: float = 5.0) -> None:
     """Ray is installed and ``ray.address`` names a cluster that answers and accepts this process's
     authentication token (``ray.init`` itself waits minutes for an address where nothing listens, and retries
     a refused token for 20 s before an error that does not say why)."""
@@ -560,15 +579,12 @@ def compare_for_resume(saved: dict, current: dict) -> list[tuple[str, object, ob
 def saved_config(saved: dict) -> DictConfig:
     """A checkpoint's config (``algorithm`` aside), completed with today's defaults for the fields it
     predates, so that a checkpoint older than a field still loads."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent), version_base="1.3"):
-        defaults = OmegaConf.to_container(compose("config"), resolve=False)
-    defaults.pop("hydra", None)
-    return OmegaConf.merge(OmegaConf.create(defaults), {k: v for k, v in saved["config"].items() if k != "algorithm"})
+    defaults = OmegaConf.to_container(OmegaConf.structured(QSMConfig))
+    return OmegaConf.merge(defaults, {k: v for k, v in saved["config"].items() if k != "algorithm"})
 
 
-# The resolvers config.yaml uses: unique default run folders (the process id), named after the task; --help.
+# The resolvers config.yaml uses (unique default run folders: the process id; named after the task; --help), and
+# the schema, whose groups' checks run once here, on the defaults.
 OmegaConf.register_new_resolver("qsm_pid", os.getpid, replace=True)
 OmegaConf.register_new_resolver(
     "qsm_task_folder",
@@ -576,3 +592,4 @@ OmegaConf.register_new_resolver(
     replace=True,
 )
 OmegaConf.register_new_resolver("qsm_help", options_help, replace=True)
+ConfigStore.instance().store(name="qsm_schema", node=QSMConfig)

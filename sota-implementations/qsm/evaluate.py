@@ -5,7 +5,9 @@
     python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.video=true output=DIR
     python sota-implementations/qsm/evaluate.py checkpoint=PATH eval.best_of_n=16   # also the critic-ranked best of 16
 
-``checkpoint`` is a run folder (its newest checkpoint) or one checkpoint folder (``checkpoints/checkpoint-<frames>``).
+The options are the fields of ``EvaluateConfig`` (``--help`` lists them); the ``eval.*`` ones are the training
+script's, checked the same way (config.py), and replace the checkpoint's. ``checkpoint`` is a run folder (its
+newest checkpoint) or one checkpoint folder (``checkpoints/checkpoint-<frames>``).
 The task and its settings come from the checkpoint's config; the actor from the checkpoint itself, built
 by the library from the record and weights it holds (``torchrl_qsm.build_actor``): a checkpoint is tensors
 and JSON, and reading it runs no code from it.
@@ -27,17 +29,19 @@ if "DISPLAY" not in os.environ and "MUJOCO_GL" not in os.environ:  # as qsm.py d
 
 import csv
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torchrl.envs.utils import ExplorationType
 
 from torchrl_qsm import BestOfNActor, build_actor, export_policy
 from torchrl_qsm.modules.saving import load_checkpoint_components, weights_only_checkpoint
 
 from checkpoints import CHECKPOINTS, read_checkpoint
-from config import saved_config
+from config import describe, EvalConfig, saved_config, validate_config
 from utils import (
     EVAL_SEED_OFFSET,
     evaluate_policy,
@@ -49,35 +53,43 @@ from utils import (
     task_name,
 )
 
-# what the command line may set: the checkpoint, where to write, the export, and the evaluation's fields
-OPTIONS = {"checkpoint": None, "output": None, "export": True, "seed": None}
-EVAL_FIELDS = ("eval.episodes", "eval.mode", "eval.video", "eval.best_of_n")
+
+@dataclass
+class EvaluateConfig:
+    """evaluate.py's options (``key=value`` on the command line)."""
+
+    checkpoint: str | None = None  # a run folder (its newest checkpoint) or one checkpoint folder
+    output: str | None = None  # where to write (null: evaluation/ in the run folder)
+    export: bool = True  # export the policy as policy.pt2 (torch.export)
+    seed: int | None = None  # the episodes' seed (null: the run's evaluation seed)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the evaluation; the fields given replace the checkpoint's
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            raise ValueError("give the checkpoint to evaluate: checkpoint=outputs/<run>")
 
 
-def parse(argv: list[str]) -> tuple[dict, dict]:
-    """``key=value`` arguments -> (options, eval overrides); an unknown key is refused by name."""
-    given = OmegaConf.to_container(OmegaConf.from_dotlist(argv))
-    overrides = {f"eval.{k}": v for k, v in given.pop("eval", {}).items()}
-    unknown = [k for k in given if k not in OPTIONS] + [k for k in overrides if k not in EVAL_FIELDS]
-    if unknown:
-        raise SystemExit(
-            f"evaluate.py: unknown option(s) {unknown}; it takes checkpoint=PATH, output=DIR, export=true|false, "
-            f"seed=N and {', '.join(f'{f}=...' for f in EVAL_FIELDS)}."
-        )
-    if not given.get("checkpoint"):
-        raise SystemExit("evaluate.py: give the checkpoint to evaluate: checkpoint=outputs/<run>")
-    return {**OPTIONS, **given}, overrides
+def checked(cfg: DictConfig, schema: type) -> Any:
+    """``cfg`` as ``schema``'s dataclass, checked by it (the training script's checks), or evaluate.py's error."""
+    try:
+        return validate_config(cfg, schema)
+    except ValueError as err:
+        raise SystemExit(f"evaluate.py: {err}") from None
 
 
 def main(argv: list[str]) -> None:
-    options, overrides = parse(argv)
-    saved = read_checkpoint(options["checkpoint"], components=("config", "trainer_state", "actor_record"))
+    if argv in (["--help"], ["-h"]):
+        print(__doc__ + "\nOptions (key=value):\n\n" + "\n".join(describe(EvaluateConfig)))
+        return
+    given = OmegaConf.from_dotlist(argv)
+    options = checked(given, EvaluateConfig)
+    saved = read_checkpoint(options.checkpoint, components=("config", "trainer_state", "actor_record"))
     path = saved["path"]
     cfg = saved_config(saved)
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
+    cfg.eval = OmegaConf.merge(cfg.eval, given.get("eval", {}))  # the checkpoint's, with the fields given here
+    checked(cfg.eval, EvalConfig)
     run_folder = path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
-    out = Path(options["output"] or run_folder / "evaluation")
+    out = Path(options.output or run_folder / "evaluation")
     out.mkdir(parents=True, exist_ok=True)
 
     if "actor_record" not in saved:
@@ -88,13 +100,11 @@ def main(argv: list[str]) -> None:
     actor = build_actor(saved["actor_record"])  # built from its record, then its weights loaded
     load_checkpoint_components(weights_only_checkpoint(actor=actor), path, ["actor"])
     env = make_eval_env(cfg, make_logger(cfg, out, "eval") if cfg.eval.video else None)
-    seed = options["seed"] if options["seed"] is not None else cfg.env.seed + EVAL_SEED_OFFSET
+    seed = options.seed if options.seed is not None else cfg.env.seed + EVAL_SEED_OFFSET
     mode = ExplorationType.DETERMINISTIC if cfg.eval.mode == "deterministic" else ExplorationType.RANDOM
     policies = {"": actor}
     if cfg.eval.best_of_n > 1:
-        policies[f" (best of {cfg.eval.best_of_n} samples, critic-ranked)"] = best_of_n_policy(
-            cfg, saved, actor, env, mode
-        )
+        policies[f" (best of {cfg.eval.best_of_n} samples, critic-ranked)"] = best_of_n_policy(cfg, saved, actor, env)
     results = {}
     for name, policy in policies.items():
         env.set_seed(seed)  # the same episodes for each
@@ -115,18 +125,14 @@ def main(argv: list[str]) -> None:
             flush=True,
         )
     print(f"Returns: {out / 'returns.csv'}", flush=True)
-    if options["export"]:
+    if options.export:
         program = export_policy(actor, out / "policy.pt2")
         print(f"Exported the policy: {program} (torch.export; observation, noise -> action)", flush=True)
 
 
-def best_of_n_policy(cfg, saved: dict, actor, env, mode: ExplorationType) -> BestOfNActor:
-    """The best of ``eval.best_of_n`` chain samples as the checkpoint's critics rank them (its QSMLoss, rebuilt)."""
-    if saved["config"].get("algorithm", "QSM") != "QSM" or mode != ExplorationType.RANDOM:
-        raise SystemExit(
-            "evaluate.py: eval.best_of_n > 1 ranks chain samples with a QSM checkpoint's critics; it needs a QSM "
-            f"checkpoint (this one is {saved['config'].get('algorithm')}) and eval.mode=stochastic."
-        )
+def best_of_n_policy(cfg, saved: dict, actor, env) -> BestOfNActor:
+    """The best of ``eval.best_of_n`` chain samples as the checkpoint's critics rank them (its QSMLoss, rebuilt;
+    a QSM checkpoint, the only kind with an actor, and eval.mode=stochastic, which EvalConfig requires)."""
     loss, _ = make_loss_module(cfg, actor, make_critic(cfg, env, torch.device("cpu")))
     load_checkpoint_components(weights_only_checkpoint(loss=loss), saved["path"], ["loss"])
     return BestOfNActor(actor, loss.state_action_value, cfg.eval.best_of_n)
