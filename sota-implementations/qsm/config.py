@@ -342,7 +342,6 @@ class QSMConfig(Checked):
 # what the saved weights mean; and diffusion.alpha between auto and a number (_structural). Every
 # other field may change at resume (printed).
 STRUCTURAL_FIELDS = (
-    "algorithm",
     "env.library",
     "env.domain",
     "env.task",
