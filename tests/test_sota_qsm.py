@@ -46,6 +46,16 @@ def test_fp32_matmuls_auto_prints_its_choice_and_writes_it_into_the_run_s_config
     assert f"(optim.fp32_matmuls={choice.chosen.name} repeats this choice)" in line
 
 
+def test_fp32_matmuls_auto_at_resume_takes_the_path_the_resumed_run_chose(capsys, tiny_run):
+    # tiny_run ran on torch's default path (TINY pins it): a resume with auto repeats that, it does not measure again
+    utils, cpu = script_module("utils"), torch.device("cpu")
+    cfg = compose_config(*TINY, "optim.fp32_matmuls=auto", f"checkpoint.resume={tiny_run}")
+    critic = utils.make_critic(cfg, utils.make_env("cartpole", "swingup"), cpu)
+    choice = utils.set_matmul_kernels(cfg, cpu, critic)
+    assert "optim.fp32_matmuls=auto: the resumed run's path, default" in capsys.readouterr().out
+    assert cfg.optim.fp32_matmuls == "default" and choice.chosen.name == "mkl"
+
+
 def test_torch_s_own_fp32_matmul_path_is_the_default_so_runs_repeat():
     assert compose_config().optim.fp32_matmuls == "default"
 

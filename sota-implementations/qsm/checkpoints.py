@@ -15,6 +15,7 @@ counters they continue (the run's folder itself is claimed by ``torchrl_qsm.run.
 
 from __future__ import annotations
 
+import csv
 import errno
 import os
 import time
@@ -32,7 +33,6 @@ from torchrl_qsm import actor_record, DiffusionActor, NonFiniteError
 from torchrl_qsm.modules.saving import load_checkpoint_components, weights_only_checkpoint
 
 from config import compare_for_resume
-from utils import Results
 
 CHECKPOINTS = "checkpoints"  # the run folder's rotation of checkpoints
 KEEP_LAST = 2
@@ -47,6 +47,67 @@ class CheckpointError(ValueError):
 def rotation(folder: Path) -> CheckpointRotation:
     """The run folder's checkpoints: the newest ``KEEP_LAST`` are kept."""
     return CheckpointRotation(Path(folder) / CHECKPOINTS, keep_last=KEEP_LAST)
+
+
+RESULT_FIELDS = [
+    "frame",
+    "wall_time",
+    "train_return",
+    "eval_return",
+    "eval_return_std",
+    "eval_edge_fraction",
+    "eval_best_of_n_return",  # eval.best_of_n > 1: the critic-ranked policy's evaluation, next to the plain one
+    "eval_best_of_n_return_std",
+    "eval_best_of_n_edge_fraction",
+]
+
+
+class Results:
+    """Train and eval returns by frame: ``returns.csv`` (rewritten atomically) and ``learning_curve.png``."""
+
+    def __init__(self, folder: Path, rows: list[dict] | None = None) -> None:
+        self.folder = folder
+        self.rows = list(rows or [])
+
+    def add(self, **row) -> None:
+        self.rows.append({field: row.get(field, "") for field in RESULT_FIELDS})
+        tmp = self.folder / "returns.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, RESULT_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.folder / "returns.csv")
+
+    def plot(self, title: str) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        def series(key):
+            points = [(r["frame"], r[key]) for r in self.rows if r.get(key, "") != ""]
+            return [p[0] for p in points], [p[1] for p in points]
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        frames, train = series("train_return")
+        ax.plot(frames, train, ".", alpha=0.4, label="train episodes")
+        frames, evals = series("eval_return")
+        _, spread = series("eval_return_std")
+        ax.errorbar(frames, evals, yerr=spread, marker="o", capsize=3, label="eval (mean +- std)")
+        frames, evals = series("eval_best_of_n_return")
+        if frames:
+            _, spread = series("eval_best_of_n_return_std")
+            ax.errorbar(frames, evals, yerr=spread, marker="s", capsize=3, label="eval, best of N (mean +- std)")
+        ax.set_xlabel("environment frames")
+        ax.set_ylabel("episode return")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = self.folder / "learning_curve.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
 
 
 class Progress:

@@ -6,7 +6,6 @@ The shape of TorchRL's sota-implementations/sac/utils.py.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import importlib.util
 import math
@@ -48,6 +47,7 @@ from torchrl_qsm import DiffusionActor, edge_fraction, EpsilonNetwork, NonFinite
 from torchrl_qsm.diagnostics import first_non_finite
 from torchrl_qsm.kernels import choose_fp32_matmuls, matmul_path, matmul_shapes, MatmulChoice
 
+from checkpoints import read_checkpoint
 from config import ACTIVATIONS, ray_token_refused
 
 
@@ -235,11 +235,16 @@ def set_matmul_kernels(cfg: DictConfig, device: torch.device, *networks: torch.n
     ``optim.fp32_matmuls=default`` (the default) keeps torch's own path, so a run repeats itself. ``auto``: the
     fastest path as accurate as torch's default (``choose_fp32_matmuls``); where two paths are close in speed,
     two starts may choose differently, and runs with the same seed then differ by rounding, so the choice is
-    written into ``cfg`` (the run's config.yaml names the path it ran on). A path's name pins it; it is still
-    checked, and refused if it rounds on this machine.
+    written into ``cfg`` (the run's config.yaml names the path it ran on), and a resume with ``auto`` takes the
+    path of the run it resumes. A path's name pins it; it is still checked, and refused if it rounds here.
     """
     shapes = matmul_shapes(*networks, batch_size=cfg.optim.batch_size)
     name = cfg.optim.fp32_matmuls
+    if name == "auto" and cfg.checkpoint.resume:  # the path the resumed run chose: a resume repeats it
+        name = read_checkpoint(cfg.checkpoint.resume, components=("config",))["config"]["optim"]["fp32_matmuls"]
+        print(f"optim.fp32_matmuls=auto: the resumed run's path, {name}", flush=True)
+        with open_dict(cfg):
+            cfg.optim.fp32_matmuls = name
     if name == "auto":
         choice = choose_fp32_matmuls(device, shapes, verbose=False)
         print(f"{choice} (optim.fp32_matmuls={choice.chosen.name} repeats this choice)", flush=True)
@@ -508,67 +513,6 @@ def evaluate_policy(
 def return_std(returns: torch.Tensor) -> float:
     """The episodes' standard deviation; 0 for one episode (``eval.episodes=1``), where torch's would be nan."""
     return returns.std().item() if returns.numel() > 1 else 0.0
-
-
-RESULT_FIELDS = [
-    "frame",
-    "wall_time",
-    "train_return",
-    "eval_return",
-    "eval_return_std",
-    "eval_edge_fraction",
-    "eval_best_of_n_return",  # eval.best_of_n > 1: the critic-ranked policy's evaluation, next to the plain one
-    "eval_best_of_n_return_std",
-    "eval_best_of_n_edge_fraction",
-]
-
-
-class Results:
-    """Train and eval returns by frame: ``returns.csv`` (rewritten atomically) and ``learning_curve.png``."""
-
-    def __init__(self, folder: Path, rows: list[dict] | None = None) -> None:
-        self.folder = folder
-        self.rows = list(rows or [])
-
-    def add(self, **row) -> None:
-        self.rows.append({field: row.get(field, "") for field in RESULT_FIELDS})
-        tmp = self.folder / "returns.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, RESULT_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.folder / "returns.csv")
-
-    def plot(self, title: str) -> Path:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        def series(key):
-            points = [(r["frame"], r[key]) for r in self.rows if r.get(key, "") != ""]
-            return [p[0] for p in points], [p[1] for p in points]
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        frames, train = series("train_return")
-        ax.plot(frames, train, ".", alpha=0.4, label="train episodes")
-        frames, evals = series("eval_return")
-        _, spread = series("eval_return_std")
-        ax.errorbar(frames, evals, yerr=spread, marker="o", capsize=3, label="eval (mean +- std)")
-        frames, evals = series("eval_best_of_n_return")
-        if frames:
-            _, spread = series("eval_best_of_n_return_std")
-            ax.errorbar(frames, evals, yerr=spread, marker="s", capsize=3, label="eval, best of N (mean +- std)")
-        ax.set_xlabel("environment frames")
-        ax.set_ylabel("episode return")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = self.folder / "learning_curve.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        return path
 
 
 def log_metrics(logger, metrics: list[TensorDictBase], frames: int, train_return: float) -> None:
