@@ -3,13 +3,16 @@ script (the shape of TorchRL's test/_utils_internal.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
+import io
 import math
 import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
@@ -45,23 +48,62 @@ TINY = [
 BASELINES = ROOT / "benchmarks" / "learning" / "baselines.py"
 
 
+# What only a process of its own shows: another script, collector processes and Ray (their workers import the
+# script's modules) and torch.compile (its caches would carry over from one run to the next in one process).
+OWN_PROCESS = ("collector.backend=", "ray.", "compile.compile=true", "compile.compile=null", "compile.policy=true")
+
+
 def run_script(
-    folder: Path, *overrides: str, check: bool = True, script: list[str] | None = None, tiny: bool = True
+    folder: Path,
+    *overrides: str,
+    check: bool = True,
+    script: list[str] | None = None,
+    tiny: bool = True,
+    own_process: bool | None = None,
 ) -> subprocess.CompletedProcess:
-    """The script as a user runs it, on the TINY budget (unless ``tiny=False``) plus ``overrides``."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    script = script or [str(SCRIPT_DIR / "qsm.py")]
-    done = subprocess.run(
-        [sys.executable, *script, *(TINY if tiny else []), *overrides, f"hydra.run.dir={folder}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """The script as a user runs it, on the TINY budget (unless ``tiny=False``) plus ``overrides``.
+
+    In this process, through ``qsm.main``'s two steps (``validate_config``, then ``qsm.train`` into ``folder``) on
+    one thread, as a subprocess would run it, with its output, errors and exit code captured alike; in a
+    process of its own (``python qsm.py ...``) where ``own_process`` says so or the run needs one (``OWN_PROCESS``).
+    """
+    overrides = [*(TINY if tiny else []), *overrides]
+    if own_process is None:
+        own_process = script is not None or any(o.startswith(OWN_PROCESS) for o in overrides)
+    if own_process:
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        command = [sys.executable, *(script or [str(SCRIPT_DIR / "qsm.py")]), *overrides, f"hydra.run.dir={folder}"]
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    else:
+        done = run_in_process(folder, overrides)
     if check and done.returncode != 0:
         raise AssertionError(f"qsm.py failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
     return done
+
+
+def run_in_process(folder: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    from hydra import compose, initialize_config_dir  # noqa: PLC0415
+
+    config, qsm = script_module("config"), script_module("qsm")
+    stdout, stderr, code, threads = io.StringIO(), io.StringIO(), 0, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                with initialize_config_dir(config_dir=str(SCRIPT_DIR), version_base="1.3"):
+                    cfg = compose("config", overrides=overrides)
+                config.validate_config(cfg)
+                qsm.train(cfg, Path(folder))
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+                if isinstance(stop.code, str):
+                    print(stop.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["qsm.py", *overrides], code, stdout.getvalue(), stderr.getvalue())
 
 
 def read_returns(folder: Path) -> list[dict]:
