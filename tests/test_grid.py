@@ -108,3 +108,14 @@ def test_each_qsm_variant_is_compared_with_the_better_sac_of_its_task(tmp_path):
     assert (
         "| finger_spin | qsm | 310.0 +- 10.0 | sac-alpha0.1 | 300.0 +- 10.0 | 3, 3 |" in (out / "vs_sac.md").read_text()
     )
+
+
+def test_a_sac_variant_whose_seeds_are_still_running_is_not_the_baseline_yet(tmp_path):
+    out = tmp_path / "results"
+    finals = {"qsm": (300, 310, 320), "sac": (100, 110, 120), "sac-alpha0.1": (400,)}
+    for algorithm, values in finals.items():
+        for seed, final in enumerate(values):
+            write_csv(out / "finger_spin" / f"{algorithm}_seed{seed}.csv", [(50_000, float(final))])
+    grid.summarize(grid_args(tmp_path, frames=50_000))
+    rows = list(csv.DictReader(open(out / "vs_sac.csv")))
+    assert [(r["qsm"], r["sac"]) for r in rows] == [("qsm", "sac")]

@@ -27,7 +27,8 @@ Writes under ``--out`` (default benchmarks/results/learning):
                                    task folder under --out, each at its own budget (its longest run)
   vs_sac.md, vs_sac.csv            each QSM variant against the better SAC of the task (sac, TorchRL's
                                    recipe, or sac-alpha0.1, pytorch_sac's initial temperature: the higher
-                                   final mean), with Welch's t over seeds and its two-sided p
+                                   final mean among those with the most seeds), with Welch's t over seeds
+                                   and its two-sided p
   <task>.png                       eval return against frames, mean over seeds with a +-std band
   commands.txt                     the exact command of every run
 Run folders (checkpoints, logs) go to ``--runs`` (default outputs/learning, not committed).
@@ -224,14 +225,17 @@ def incomplete_beta(a: float, b: float, x: float) -> float:
 
 
 def compare_with_sac(table: list[dict]) -> list[dict]:
-    """Each QSM variant's final return against the better SAC of its task (the higher final mean over seeds)."""
+    """Each QSM variant's final return against the better SAC of its task: the higher final mean over seeds, among
+    the SAC variants with the most seeds (one whose seeds are still running is not a candidate yet: one lucky
+    seed would otherwise become the baseline)."""
     rows = []
     for task in dict.fromkeys(row["task"] for row in table):
         of_task = [row for row in table if row["task"] == task]
         sacs = [row for row in of_task if row["algorithm"].startswith("sac")]
         if not sacs:
             continue
-        best = max(sacs, key=lambda row: row["final"][0])
+        most = max(row["seeds"] for row in sacs)
+        best = max((row for row in sacs if row["seeds"] == most), key=lambda row: row["final"][0])
         for row in of_task:
             if row["algorithm"].startswith("qsm"):
                 t, df, p = welch(row["finals"], best["finals"])
