@@ -54,10 +54,10 @@ def test_trains_on_a_local_ray_with_two_workers_and_shuts_it_down(tmp_path):
 
 def test_the_workers_collect_with_the_weights_of_the_latest_updates(tmp_path):
     utils, compose = script_module("utils"), script_module("test_sota_qsm").compose_config
-    cfg = compose(*TINY, *RAY)
+    cfg = compose(*TINY, *RAY, "collector.init_random_frames=0", "env.seed=0")
     env = utils.make_env("cartpole", "swingup")
     actor, policy = utils.make_qsm_agent(cfg, env, torch.device("cpu"))
-    collector = utils.make_collector(cfg, policy, 200, 0, seed=0, device=torch.device("cpu"))
+    collector = utils.make_collector(cfg, policy, torch.device("cpu"))
     try:
         batches = iter(collector)  # as the training loop takes them
         next(batches)

@@ -372,9 +372,7 @@ def test_compile_options_train_with_a_compiled_update_and_a_compiled_acting_poli
     for flag in (False, True):
         cfg = compose_config(*TINY, f"compile.policy={str(flag).lower()}")
         _, policy = utils.make_qsm_agent(cfg, utils.make_env("cartpole", "swingup"), torch.device("cpu"))
-        collector = utils.make_collector(
-            cfg, policy, total_frames=50, init_random_frames=0, seed=0, device=torch.device("cpu")
-        )
+        collector = utils.make_collector(cfg, policy, torch.device("cpu"), frames=150)
         assert bool(collector.compiled_policy) is flag
         collector.shutdown()
 

@@ -276,14 +276,7 @@ def main(argv: list[str] | None = None) -> None:
             due_work()
         if progress.frames < cfg.collector.total_frames and not guard.stop_requested:
             with guard.signals_ignored():
-                collector = make_collector(
-                    cfg,
-                    exploration_policy,
-                    cfg.collector.total_frames - progress.frames,
-                    max(0, cfg.collector.init_random_frames - progress.frames),
-                    stream_seed(cfg.env.seed, progress.frames),
-                    device,
-                )
+                collector = make_collector(cfg, exploration_policy, device, progress.frames)
             try:
                 for batch in collector:
                     guard.phase = "collection"

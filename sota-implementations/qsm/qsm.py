@@ -214,14 +214,7 @@ def train(cfg: DictConfig, folder: Path) -> None:
         if progress.frames < cfg.collector.total_frames and not guard.stop_requested:
             tqdm.tqdm.write(f"collection: {describe_collection(cfg)}")
             with guard.signals_ignored():  # collector processes inherit it: stopping is this process's job
-                collector = make_collector(
-                    cfg,
-                    exploration_policy,
-                    cfg.collector.total_frames - progress.frames,
-                    max(0, cfg.collector.init_random_frames - progress.frames),
-                    stream_seed(cfg.env.seed, progress.frames),
-                    device,
-                )
+                collector = make_collector(cfg, exploration_policy, device, progress.frames)
             try:
                 guard.phase = "collection"
                 for batch in collector:

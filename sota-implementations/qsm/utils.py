@@ -354,11 +354,10 @@ def describe_collection(cfg: DictConfig) -> str:
     return line
 
 
-def make_collector(
-    cfg: DictConfig, policy, total_frames: int, init_random_frames: int, seed: int, device: torch.device
-):
-    """The collector of ``collector.backend``, each of its environments seeded before its first reset:
-    ``seed``, then TorchRL's seed chain for the next.
+def make_collector(cfg: DictConfig, policy, device: torch.device, frames: int = 0):
+    """The collector of ``collector.backend`` for what is left of the run after ``frames`` (a resumed run's): the
+    rest of ``collector.total_frames`` and of the random warm-up, each of its environments seeded before its
+    first reset: ``stream_seed(env.seed, frames)``, then TorchRL's seed chain for the next.
 
     - ``local``: TorchRL's ``Collector`` in this process;
     - ``multiprocess``: ``num_workers`` env processes, ``MultiSyncCollector`` (sync) or ``MultiAsyncCollector``;
@@ -366,13 +365,13 @@ def make_collector(
       policy's weights after each of its batches (``update_after_each_batch``).
     """
     c = cfg.collector
-    n = c.envs_per_worker
+    n, seed = c.envs_per_worker, stream_seed(cfg.env.seed, frames)
     seeds = seed_chain(seed, c.num_workers * n)
     makers = [worker_env_maker(cfg, seeds[i * n : (i + 1) * n]) for i in range(c.num_workers)]
     kwargs = dict(
         frames_per_batch=c.frames_per_batch,
-        total_frames=total_frames,
-        init_random_frames=init_random_frames,
+        total_frames=c.total_frames - frames,
+        init_random_frames=max(0, c.init_random_frames - frames),
         exploration_type=ExplorationType.RANDOM,
     )
     if c.backend == "ray":
