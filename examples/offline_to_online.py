@@ -133,7 +133,8 @@ def fine_tune(actor, demos: TensorDict, args, *, guarded: bool, spec) -> float:
     for _ in range(args.critic_warmup if guarded else 0):
         update(train_actor=False)
     policy = TensorDictSequential(actor, AdditiveGaussianModule(spec, sigma_init=0.1, sigma_end=0.1))
-    collector = Collector(make_env(args.seed + 1), policy, frames_per_batch=500, total_frames=args.online_frames)
+    batch = min(500, args.online_frames)  # a larger batch than the budget would collect (and train on) more
+    collector = Collector(make_env(args.seed + 1), policy, frames_per_batch=batch, total_frames=args.online_frames)
     for batch in collector:
         buffer.extend(batch.reshape(-1))
         for _ in range(batch.numel()):

@@ -61,7 +61,7 @@ def test_offline_to_online_runs_end_to_end():
         "--bc-updates",
         "10",
         "--online-frames",
-        "500",
+        "100",
         "--critic-warmup",
         "5",
         "--episodes",
