@@ -74,9 +74,6 @@ from utils import (
     task_name,
 )
 
-# an agent: ``policy`` (evaluated), ``exploration_policy``, ``learn`` (one update: a replay batch -> its metrics) and
-# ``state`` (what a checkpoint holds, by name)
-Agent = dict
 DETERMINISTIC = ExplorationType.DETERMINISTIC  # both are evaluated at their mean / without noise
 TD3_EXPLORATION_STD, TD3_POLICY_NOISE, TD3_NOISE_CLIP, TD3_POLICY_DELAY = 0.1, 0.2, 0.5, 2  # TorchRL's sota td3
 
@@ -92,7 +89,7 @@ def relu_critic(cfg: DictConfig, env: EnvBase, device) -> ValueOperator:
     return ValueOperator(relu_mlp(cfg, obs_dim + action_dim, 1, device), in_keys=["observation", "action"])
 
 
-def sac(cfg: DictConfig, env: EnvBase, device: torch.device, alpha_init: float = 1.0) -> Agent:
+def sac(cfg: DictConfig, env: EnvBase, device: torch.device, alpha_init: float = 1.0) -> dict:
     """TorchRL's SAC sota agent: TanhNormal actor, twin critics, learned entropy coefficient from ``alpha_init``."""
     spec = env.action_spec_unbatched.to(device)
     obs_dim, action_dim = env.observation_spec_unbatched["observation"].shape[-1], spec.shape[-1]
@@ -151,7 +148,7 @@ class UpdateCounter:
         self.count = state["count"]
 
 
-def td3(cfg: DictConfig, env: EnvBase, device: torch.device) -> Agent:
+def td3(cfg: DictConfig, env: EnvBase, device: torch.device) -> dict:
     """TorchRL's TD3 sota agent: tanh actor with target, twin critics, actor and targets every 2nd update."""
     spec = env.action_spec_unbatched.to(device)
     obs_dim, action_dim = env.observation_spec_unbatched["observation"].shape[-1], spec.shape[-1]
@@ -203,6 +200,8 @@ def td3(cfg: DictConfig, env: EnvBase, device: torch.device) -> Agent:
     return dict(policy=actor, exploration_policy=TensorDictSequential(actor, noise), learn=learn, state=state)
 
 
+# Each builds an agent: ``policy`` (evaluated), ``exploration_policy``, ``learn`` (one update: a replay batch -> its
+# metrics) and ``state`` (what a checkpoint holds, by name).
 BASELINES = {"sac": sac, "td3": td3}
 
 

@@ -142,7 +142,8 @@ class Progress:
             self.last_train = episode_return
 
     def eval_due(self) -> bool:
-        """An evaluation is due every ``eval.interval`` frames, and at the last frame."""
+        """Whether an evaluation is due (every ``eval.interval`` frames, and at the last frame); the schedule moves
+        past this frame count, so ask once per collector batch."""
         final = self.frames >= self.cfg.collector.total_frames and self.last_eval != self.frames
         due = self.frames >= self.next_eval or final
         while self.next_eval <= self.frames:
@@ -150,6 +151,7 @@ class Progress:
         return due
 
     def checkpoint_due(self) -> bool:
+        """Whether a checkpoint is due (every ``checkpoint.interval`` frames); the schedule moves on as above."""
         due = self.frames >= self.next_checkpoint
         while self.next_checkpoint <= self.frames:
             self.next_checkpoint += self.cfg.checkpoint.interval
